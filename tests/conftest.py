@@ -1,0 +1,35 @@
+"""Shared test setup: everything offline, data from ../shared/data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Set before transformers / huggingface_hub / datasets are imported anywhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+os.environ.setdefault("OATS_DATA_ROOT", str(SHARED_DATA))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def data_root() -> Path:
+    root = Path(os.environ["OATS_DATA_ROOT"])
+    if not root.is_dir():
+        pytest.skip(f"offline data root {root} not present (set OATS_DATA_ROOT)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
