@@ -1,0 +1,133 @@
+"""OATS: outlier-aware alternating thresholding into sparse + low-rank (pure tensor functions)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .budget import LayerBudget
+from .masks import budget_mask
+
+SVD_SOLVERS = ("full", "subspace")
+
+
+@dataclass
+class Decomposition:
+    """W_hat = sparse + U @ V.
+
+    sparse: (d_out, d_in) with pruned entries zero. U: (d_out, r). V: (r, d_in).
+    objective: ||D (W - W_hat)||_F after each iteration (D-scaled error; unscaled if scale=False).
+    """
+
+    sparse: torch.Tensor
+    U: torch.Tensor
+    V: torch.Tensor
+    objective: list[float] = field(default_factory=list)
+
+
+def safe_scale(d: torch.Tensor) -> torch.Tensor:
+    """Column scale with zeros (never-active inputs) replaced by 1 so unscaling never divides by zero."""
+    return torch.where(d > 0, d, torch.ones_like(d))
+
+
+class TruncatedSVD:
+    """Best rank-r approximation, exact (``full``) or by warm-started subspace iteration (``subspace``).
+
+    The subspace solver keeps the previous call's right singular subspace, so in
+    an alternating loop (where the matrix changes little between calls) one or
+    two power steps per call suffice.
+    """
+
+    def __init__(self, rank: int, solver: str = "full", oversample: int = 8, power_iters: int = 1,
+                 generator: torch.Generator | None = None) -> None:
+        if solver not in SVD_SOLVERS:
+            raise ValueError(f"svd solver {solver!r}; allowed: {', '.join(SVD_SOLVERS)}")
+        self.rank, self.solver = rank, solver
+        self.oversample, self.power_iters = oversample, power_iters
+        self.generator = generator
+        self._basis: torch.Tensor | None = None
+
+    def __call__(self, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A: (m, n) -> U (m, r), s (r,), Vh (r, n)."""
+        r = self.rank
+        if self.solver == "full" or r + self.oversample >= min(A.shape):
+            U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+            return U[:, :r], s[:r], Vh[:r]
+        k = r + self.oversample
+        if self._basis is None:
+            self._basis = torch.randn(A.shape[1], k, device=A.device, dtype=A.dtype, generator=self.generator)
+        Q = torch.linalg.qr(A @ self._basis).Q
+        for _ in range(self.power_iters):
+            Q = torch.linalg.qr(A @ torch.linalg.qr(A.T @ Q).Q).Q
+        Ub, s, Vh = torch.linalg.svd(Q.T @ A, full_matrices=False)
+        self._basis = Vh.T
+        return Q @ Ub[:, :r], s[:r], Vh[:r]
+
+
+def oats_decompose(
+    W: torch.Tensor,
+    d: torch.Tensor | None,
+    budget: LayerBudget,
+    iterations: int = 80,
+    svd: str = "full",
+    track_objective: bool = False,
+) -> Decomposition:
+    """Alternating thresholding on the D-scaled weight.
+
+    W: (d_out, d_in) weight. d: (d_in,) column scale D = sqrt(mean x_j^2), or
+    None for the unscaled ablation. budget: rank and sparse nonzeros (row, layer
+    or N:M). Starting from S = 0, each iteration sets L to the best rank-r
+    approximation of (W D - S) and S to the hard threshold of (W D - L).
+    Computation is fp32 on W's device; results are returned in fp32.
+    Columns with D = 0 (inputs never active) are treated as scale 1 after
+    scaling, so they carry no weight in the objective and nothing divides by zero.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations={iterations} must be >= 1")
+    W32 = W.detach().float()
+    if d is None:
+        d32 = torch.ones(W.shape[1], device=W.device)
+        Wd = W32
+    else:
+        d32 = d.detach().float().to(W.device)
+        Wd = W32 * d32
+    scale = safe_scale(d32)
+    r = budget.rank
+    d_out, d_in = W.shape
+    objective: list[float] = []
+    L = torch.zeros_like(Wd)
+    U = Wd.new_zeros(d_out, 0)
+    Vh = Wd.new_zeros(0, d_in)
+    s = Wd.new_zeros(0)
+    if budget.nnz == 0:  # low rank only: one truncated SVD is the optimum
+        U, s, Vh = TruncatedSVD(r, "full")(Wd)
+        mask = torch.zeros_like(Wd, dtype=torch.bool)
+        if track_objective:
+            objective.append(float(torch.linalg.norm(Wd - (U * s) @ Vh)))
+    elif r == 0:  # sparse only: the first threshold is the optimum (this is Wanda's mask)
+        mask = budget_mask(Wd.abs(), budget)
+        if track_objective:
+            objective.append(float(torch.linalg.norm(Wd * ~mask)))
+    else:
+        svd_r = TruncatedSVD(r, svd)
+        S = torch.zeros_like(Wd)
+        for _ in range(iterations):
+            U, s, Vh = svd_r(Wd - S)
+            L = (U * s) @ Vh
+            R = Wd - L
+            mask = budget_mask(R.abs(), budget)
+            S = R * mask
+            if track_objective:
+                objective.append(float(torch.linalg.norm(R - S)))
+    U_out = U * s  # (d_out, r)
+    V_out = Vh / scale  # (r, d_in): unscale columns
+    sparse = (W32 - U_out @ V_out) * mask if r else W32 * mask
+    return Decomposition(sparse, U_out, V_out, objective)
+
+
+def scaled_error(W: torch.Tensor, W_hat: torch.Tensor, d: torch.Tensor | None) -> float:
+    """||D (W - W_hat)||_F, the OATS objective (columns scaled by D)."""
+    diff = (W.float() - W_hat.float())
+    if d is not None:
+        diff = diff * d.float()
+    return float(torch.linalg.norm(diff))

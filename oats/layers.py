@@ -1,0 +1,229 @@
+"""The one compressed-layer module: sparse S plus low-rank U V, and its (de)serialisation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+
+from .io import atomic_save_tensors
+
+
+class CompressedLinear(nn.Module):
+    """y = x S^T + (x V^T) U^T + b.
+
+    S: (d_out, d_in) sparse part stored densely (zeros are pruned entries).
+    U: (d_out, r), V: (r, d_in) low-rank factors (r may be 0).
+    bias: (d_out,) or None.
+    ``use_sparse`` / ``use_lowrank`` switch a term off (e.g. to isolate it in attention rollout).
+    """
+
+    def __init__(
+        self,
+        sparse: torch.Tensor,
+        U: torch.Tensor | None = None,
+        V: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        d_out, d_in = sparse.shape
+        if U is None or V is None:
+            U = sparse.new_zeros(d_out, 0)
+            V = sparse.new_zeros(0, d_in)
+        if U.shape[0] != d_out or V.shape[1] != d_in or U.shape[1] != V.shape[0]:
+            raise ValueError(f"factor shapes U{tuple(U.shape)} V{tuple(V.shape)} do not fit S{tuple(sparse.shape)}")
+        self.in_features, self.out_features = d_in, d_out
+        self.sparse = nn.Parameter(sparse.detach().clone(), requires_grad=False)
+        self.U = nn.Parameter(U.detach().clone().to(sparse.dtype), requires_grad=False)
+        self.V = nn.Parameter(V.detach().clone().to(sparse.dtype), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.use_sparse = True
+        self.use_lowrank = True
+
+    @property
+    def rank(self) -> int:
+        return self.U.shape[1]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense equivalent S + U V (read-only; for code that inspects ``.weight``)."""
+        return self.merged_weight()
+
+    def merged_weight(self) -> torch.Tensor:
+        w = self.sparse if self.use_sparse else torch.zeros_like(self.sparse)
+        if self.rank and self.use_lowrank:
+            w = w + (self.U.float() @ self.V.float()).to(w.dtype)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.sparse) if self.use_sparse else x.new_zeros(*x.shape[:-1], self.out_features)
+        if self.rank and self.use_lowrank:
+            y = y + F.linear(F.linear(x, self.V), self.U)
+        return y if self.bias is None else y + self.bias
+
+    def merge(self) -> nn.Linear:
+        """A dense nn.Linear computing the same function."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.sparse.device, dtype=self.sparse.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.merged_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    @property
+    def nnz(self) -> int:
+        return int(torch.count_nonzero(self.sparse))
+
+    def num_params(self, include_bias: bool = True) -> int:
+        """Parameters actually kept: nonzeros of S, entries of U and V, and (optionally) the bias."""
+        bias = 0 if self.bias is None or not include_bias else self.bias.numel()
+        return self.nnz + self.U.numel() + self.V.numel() + bias
+
+    def extra_repr(self) -> str:
+        density = self.nnz / self.sparse.numel()
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, sparse_density={density:.3f}"
+
+
+class SplitLinear(nn.Module):
+    """A fused projection (e.g. Phi-3 qkv_proj) kept as separately compressed row blocks.
+
+    Output = concatenation of each part's output along the last dimension.
+    """
+
+    def __init__(self, parts: dict[str, CompressedLinear]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(parts)
+        first = next(iter(parts.values()))
+        self.in_features = first.in_features
+        self.out_features = sum(p.out_features for p in parts.values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts.values()], dim=-1)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([p.merged_weight() for p in self.parts.values()], dim=0)
+
+    def merge(self) -> nn.Linear:
+        merged = [p.merge() for p in self.parts.values()]
+        has_bias = merged[0].bias is not None
+        lin = nn.Linear(self.in_features, self.out_features, bias=has_bias,
+                        device=merged[0].weight.device, dtype=merged[0].weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(torch.cat([m.weight for m in merged]))
+            if has_bias:
+                lin.bias.copy_(torch.cat([m.bias for m in merged]))
+        return lin
+
+    def num_params(self, include_bias: bool = True) -> int:
+        return sum(p.num_params(include_bias) for p in self.parts.values())
+
+
+COMPRESSED_TYPES = (CompressedLinear, SplitLinear)
+
+
+def set_terms(model: nn.Module, sparse: bool = True, lowrank: bool = True) -> None:
+    """Switch the sparse and/or low-rank term of every CompressedLinear in ``model`` on or off."""
+    for m in model.modules():
+        if isinstance(m, CompressedLinear):
+            m.use_sparse, m.use_lowrank = sparse, lowrank
+
+
+def merge_all(model: nn.Module) -> nn.Module:
+    """Replace every compressed module by its dense nn.Linear, in place."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, COMPRESSED_TYPES):
+            set_submodule(model, name, m.merge())
+    return model
+
+
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+# ---------------------------------------------------------------- serialisation
+
+def _linear_tensors(prefix: str, m: CompressedLinear) -> dict[str, torch.Tensor]:
+    out = {f"{prefix}.sparse": m.sparse, f"{prefix}.U": m.U, f"{prefix}.V": m.V}
+    if m.bias is not None:
+        out[f"{prefix}.bias"] = m.bias
+    return out
+
+
+def compressed_state(root: nn.Module, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Tensors and structure of every compressed module under ``root``.
+
+    Returns (tensors keyed by '<module path>[.<part>].<sparse|U|V|bias>', structure
+    {module path: [] for a CompressedLinear, [part names] for a SplitLinear}).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    structure: dict[str, list[str]] = {}
+    inside_split: tuple[str, ...] = ()
+    for name, m in root.named_modules():
+        full = f"{prefix}{name}"
+        if isinstance(m, SplitLinear):
+            for part, pm in m.parts.items():
+                tensors.update(_linear_tensors(f"{full}.{part}", pm))
+            structure[full] = list(m.parts)
+            inside_split += (f"{name}.",)
+        elif isinstance(m, CompressedLinear) and not name.startswith(inside_split):
+            tensors.update(_linear_tensors(full, m))
+            structure[full] = []
+    return tensors, structure
+
+
+def _build_linear(get, key: str) -> CompressedLinear:
+    bias = get(f"{key}.bias")
+    return CompressedLinear(get(f"{key}.sparse"), get(f"{key}.U"), get(f"{key}.V"), bias)
+
+
+def apply_compressed_state(root: nn.Module, tensors, structure: dict[str, list[str]], prefix: str = "") -> None:
+    """Swap the modules named in ``structure`` (paths relative to ``root`` after stripping ``prefix``)."""
+    def get(key: str):
+        return tensors[key] if key in tensors else None
+
+    for full, parts in structure.items():
+        name = full[len(prefix):] if prefix and full.startswith(prefix) else full
+        try:
+            root.get_submodule(name)
+        except AttributeError:
+            raise KeyError(f"compressed module {full!r} does not exist in this model") from None
+        if parts:
+            new: nn.Module = SplitLinear({p: _build_linear(get, f"{full}.{p}") for p in parts})
+        else:
+            new = _build_linear(get, full)
+        set_submodule(root, name, new)
+
+
+def save_compressed(model: nn.Module, path: str | Path) -> Path:
+    """Save every compressed module of ``model`` to ``path`` (a .safetensors file), atomically."""
+    path = Path(path)
+    tensors, structure = compressed_state(model)
+    if not structure:
+        raise ValueError("the model has no compressed layers to save")
+    atomic_save_tensors(path, tensors, metadata={"oats_structure": json.dumps(structure)})
+    return path
+
+
+def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load compressed layers saved by :func:`save_compressed` into a model of the same architecture."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no compressed checkpoint at {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "oats_structure" not in meta:
+            raise ValueError(f"{path} is not a compressed-model file (no oats_structure metadata)")
+        structure = json.loads(meta["oats_structure"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    tensors = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in tensors.items()}
+    apply_compressed_state(model, tensors, structure)
+    return model
