@@ -135,9 +135,11 @@ def set_terms(model: nn.Module, sparse: bool = True, lowrank: bool = True) -> No
 
 def merge_all(model: nn.Module) -> nn.Module:
     """Replace every compressed module by its dense nn.Linear, in place."""
+    done: tuple[str, ...] = ()
     for name, m in list(model.named_modules()):
-        if isinstance(m, COMPRESSED_TYPES):
+        if isinstance(m, COMPRESSED_TYPES) and not name.startswith(done):
             set_submodule(model, name, m.merge())
+            done += (f"{name}.",)
     return model
 
 

@@ -1,0 +1,203 @@
+"""The sequential driver end to end on tiny models of each architecture."""
+import json
+
+import pytest
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import oats
+from baselines.wanda import wanda_prune
+from oats.budget import BudgetError
+from oats.layers import CompressedLinear, SplitLinear, load_compressed, save_compressed
+from oats.methods import get_method
+from oats.models.adapters import UnsupportedArchitectureError, get_adapter
+from oats.sequential import CheckpointMismatchError, capture_inputs, compress_model, resolve_device, run_block
+from oats.stats import InputStats
+from tiny_models import TINY, calib_ids
+
+METHOD_PARAMS = {
+    "oats": dict(rank_ratio=0.3, iterations=4),
+    "wanda": {},
+    "sparsegpt": dict(blocksize=16),
+    "magnitude": {},
+    "lowrank": {},
+}
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3"])
+def test_capture_and_block_replay_reproduce_the_model(arch):
+    """Replaying captured inputs/kwargs block by block gives the last block's real output."""
+    model = TINY[arch]()
+    calib = calib_ids(2, 16)
+    blocks = get_adapter(model).blocks(model)
+    real = []
+    h = blocks[-1].register_forward_hook(lambda m, i, o: real.append(o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        for row in calib:
+            model(row[None], use_cache=False)
+    h.remove()
+    inps, kwargs = capture_inputs(model, blocks, calib, torch.device("cpu"), torch.device("cpu"))
+    assert inps.shape == (2, 16, 64) and len(kwargs) == len(blocks)
+    for i, block in enumerate(blocks):
+        run_block(block, inps, kwargs[i], torch.device("cpu"), 1, out=inps)
+    assert torch.allclose(inps, torch.cat(real), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3"])
+@pytest.mark.parametrize("method", list(METHOD_PARAMS))
+@pytest.mark.parametrize("pattern", ["50%", "2:4"])
+def test_every_method_end_to_end(arch, method, pattern):
+    if method == "lowrank" and pattern == "2:4":
+        pytest.skip("low rank only has no sparse part to make N:M")
+    model = TINY[arch]()
+    x = calib_ids(1, 16, seed=5)
+    with torch.no_grad():
+        dense_logits = model(x).logits
+    compression, nm = (0.5, None) if pattern == "50%" else (None, "2:4")
+    report = oats.compress(model, calib_ids(), method, compression, nm, progress=False, **METHOD_PARAMS[method])
+    totals = report.totals()
+    # measured parameter count equals the budget, layer by layer and in total
+    assert all(r.params == r.budget_params for r in report.layers)
+    assert totals["params"] == totals["budget_params"]
+    expected_layers = {"llama": 7, "gemma3": 7, "phi3": 6}[arch] * 2
+    assert totals["layers"] == expected_layers
+    if method != "oats" or nm is None:
+        assert 0.49 <= totals["compression"] <= 0.52
+    # every linear in every block was replaced and the model still runs
+    for block in get_adapter(model).blocks(model):
+        assert not any(type(m) is nn.Linear for m in block.modules())
+    with torch.no_grad():
+        logits = model(x).logits
+    assert torch.isfinite(logits).all() and not torch.allclose(logits, dense_logits)
+    if nm:
+        for m in model.modules():
+            if isinstance(m, CompressedLinear):
+                d_out, d_in = m.sparse.shape
+                assert ((m.sparse != 0).view(d_out, d_in // 4, 4).sum(-1) <= 2).all()
+
+
+def test_phi3_qkv_is_split_and_gate_up_fused():
+    model = TINY["phi3"]()
+    report = oats.compress(model, calib_ids(), "oats", 0.5, progress=False, rank_ratio=0.3, iterations=2)
+    names = [r.name for r in report.layers if r.block == 0]
+    assert names == ["self_attn.o_proj", "self_attn.qkv_proj.q", "self_attn.qkv_proj.k",
+                     "self_attn.qkv_proj.v", "mlp.gate_up_proj", "mlp.down_proj"]
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.qkv_proj, SplitLinear)
+    assert [p.out_features for p in attn.qkv_proj.parts.values()] == [64, 32, 32]
+    assert isinstance(model.model.layers[0].mlp.gate_up_proj, CompressedLinear)
+
+
+def test_later_blocks_see_compressed_outputs():
+    """Block 1 is pruned with statistics of inputs produced by the *compressed* block 0."""
+    model = TINY["llama"]()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    calib = calib_ids()
+    oats.compress(model, calib, "wanda", 0.5, progress=False)
+    blocks = model.model.layers
+    stats = InputStats(64)
+    h = blocks[1].self_attn.q_proj.register_forward_pre_hook(lambda m, a: stats.add(a[0]))
+    with torch.no_grad():
+        for row in calib:
+            model(row[None])
+    h.remove()
+    W = original["model.layers.1.self_attn.q_proj.weight"]
+    budget = get_method("wanda").budget(64, 64, 0.5, None)
+    expected = wanda_prune(W, stats.column_rms(), budget)
+    assert torch.allclose(blocks[1].self_attn.q_proj.sparse, expected)
+
+
+def test_owl_allocation_end_to_end():
+    model = TINY["llama"](layers=4)
+    report = oats.compress(model, calib_ids(), "wanda", 0.6, owl=oats.OWLConfig(lam=0.05), progress=False)
+    sp = report.owl_sparsity
+    assert len(sp) == 4 and sum(sp) / 4 == pytest.approx(0.6) and max(sp) - min(sp) == pytest.approx(0.1)
+    per_block = report.to_frame().groupby("block").apply(lambda d: 1 - d.params.sum() / d.dense_params.sum())
+    assert per_block.tolist() == pytest.approx(sp, abs=0.02)
+    with pytest.raises(BudgetError, match="N:M"):
+        oats.compress(TINY["llama"](), calib_ids(), "wanda", None, "2:4", owl=True, progress=False)
+
+
+def test_dead_input_columns_are_counted():
+    model = TINY["llama"]()
+    with torch.no_grad():
+        model.model.layers[0].input_layernorm.weight[[3, 9]] = 0.0  # q/k/v of block 0 see two zero columns
+    report = oats.compress(model, calib_ids(), "oats", 0.5, progress=False, rank_ratio=0.3, iterations=2)
+    dead = {r.name: r.dead_columns for r in report.layers if r.block == 0}
+    assert dead["self_attn.q_proj"] == dead["self_attn.k_proj"] == dead["self_attn.v_proj"] == 2
+    assert report.totals()["dead_columns"] >= 6
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_checkpoint_resume_after_crash(tmp_path, monkeypatch):
+    calib = calib_ids()
+    method = get_method("oats", rank_ratio=0.3, iterations=3)
+    reference = TINY["llama"](layers=3)
+    compress_model(reference, calib, method, 0.5, progress=False)
+
+    calls = {"n": 0}
+    real = type(method).compress
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 10:  # block 1, third linear
+            raise Boom("simulated crash")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(method), "compress", flaky)
+    with pytest.raises(Boom):
+        compress_model(TINY["llama"](layers=3), calib, method, 0.5, checkpoint_dir=tmp_path, progress=False)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["next_block"] == 1 and len(state["records"]) == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["block_0000.safetensors", "state.json"]
+    monkeypatch.setattr(type(method), "compress", real)
+
+    resumed = TINY["llama"](layers=3)
+    report = compress_model(resumed, calib, method, 0.5, checkpoint_dir=tmp_path, progress=False)
+    assert len(report.layers) == 21
+    x = calib_ids(1, 16, seed=9)
+    with torch.no_grad():
+        assert torch.allclose(resumed(x).logits, reference(x).logits, atol=1e-4)
+    # a finished checkpoint re-runs nothing
+    calls["n"] = 0
+    monkeypatch.setattr(type(method), "compress", flaky)
+    compress_model(TINY["llama"](layers=3), calib, method, 0.5, checkpoint_dir=tmp_path, progress=False)
+    assert calls["n"] == 0
+    with pytest.raises(CheckpointMismatchError, match="different"):
+        compress_model(TINY["llama"](layers=3), calib, method, 0.6, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_save_load_compressed_model(tmp_path):
+    model = TINY["phi3"]()
+    oats.compress(model, calib_ids(), "oats", 0.5, progress=False, rank_ratio=0.3, iterations=2)
+    path = save_compressed(model, tmp_path / "phi3.safetensors")
+    fresh = load_compressed(TINY["phi3"](), path)
+    x = calib_ids(1, 16, seed=3)
+    with torch.no_grad():
+        assert torch.equal(fresh(x).logits, model(x).logits)
+
+
+def test_unknown_architecture_names_supported_ones():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).eval()
+    with pytest.raises(UnsupportedArchitectureError, match="gpt2.*supported: gemma3, gemma3_text, llama, phi3"):
+        oats.compress(gpt2, calib_ids(), "wanda", 0.5, progress=False)
+
+
+def test_bad_inputs_fail_before_any_work():
+    model = TINY["llama"]()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(BudgetError, match=r"compression=1.2"):
+        oats.compress(model, calib_ids(), "wanda", 1.2, progress=False)
+    with pytest.raises(BudgetError, match="M=3 does not divide"):
+        oats.compress(model, calib_ids(), "wanda", None, "1:3", progress=False)
+    with pytest.raises(ValueError, match="token ids"):
+        oats.compress(model, torch.randn(2, 8), "wanda", 0.5, progress=False)
+    with pytest.raises(ValueError, match="CUDA is not available|not a torch device"):
+        resolve_device("cuda:3") if not torch.cuda.is_available() else resolve_device("nonsense")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(type(m) is not CompressedLinear for m in model.modules())
