@@ -27,10 +27,13 @@ def _atomic(path: Path, write) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
+            f.write(text)
 
     _atomic(Path(path), write)
 

@@ -1,0 +1,40 @@
+"""Hydra entry point for one compression run: ``python -m oats.cli method=wanda compression=0.6``.
+
+Configs live in the repository's ``conf/`` folder (``conf/compress.yaml``);
+results go to the Hydra run folder (``result.json``, ``layers.csv``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .pipeline import run
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="compress", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    out_dir = HydraConfig.get().runtime.output_dir
+    result = run(OmegaConf.to_container(cfg, resolve=True), out_dir)
+    for label, records in (("dense", result["dense_metrics"]), ("compressed", result["metrics"])):
+        for r in records:
+            print(f"{label:>10}  {r['task']:<12} {r['metric']:<18} {r['value']:.4f}  (n={r.get('n')}, {r.get('source')})")
+    totals = result["compression"]
+    print(f"compression {totals['compression']:.4f} measured, {totals['params']:,} parameters kept; "
+          f"timings {result['timings']}; results in {out_dir}/result.json")
+
+
+def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""One compression run described by a config: load, calibrate, compress, evaluate, write results.
+
+The Hydra entry point (:mod:`oats.cli`) and the reproduction layer both call
+:func:`run`; nothing here depends on Hydra.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .budget import check_compression, parse_nm
+from .io import atomic_write_json, atomic_write_text
+from .methods import get_method
+from .sequential import OWLConfig, compress_model, resolve_device
+
+HUB_SOURCES = ("c4", "wikitext2")
+PACKAGES = ("torch", "transformers", "safetensors", "hydra-core", "pandas", "lm-eval", "gguf", "oats-repro")
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_revision() -> str | None:
+    try:
+        repo = Path(__file__).resolve().parents[1]
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=5)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolve_calibration_source(source: str, root: str | None) -> str:
+    """Hub names stay as they are; an existing path is used as is; else a path under the data root."""
+    from .data.paths import data_file
+
+    if source in HUB_SOURCES or Path(source).expanduser().exists():
+        return source
+    return str(data_file(source, root))
+
+
+def build_method(cfg: Mapping[str, Any]):
+    params = {k: v for k, v in dict(cfg).items() if k != "name"}
+    return get_method(cfg["name"], **params)
+
+
+def validate(cfg: Mapping[str, Any]):
+    """Everything that can be checked before loading a model; returns the method object."""
+    method = build_method(cfg["method"])
+    nm = parse_nm(cfg.get("nm"))
+    if nm is None:
+        check_compression(cfg.get("compression"))
+    resolve_device(cfg.get("device", "cpu"))
+    return method
+
+
+def _evaluate(model, tokenizer, ecfg: Mapping[str, Any] | None, device, root) -> list[dict]:
+    if not ecfg:
+        return []
+    records: list[dict] = []
+    ppl = ecfg.get("perplexity")
+    if ppl:
+        from .eval.perplexity import perplexity
+
+        records.append(perplexity(model, tokenizer, source=ppl.get("source", "wikitext2"), seqlen=ppl["seqlen"],
+                                  max_windows=ppl.get("max_windows"), device=str(device), data_root=root))
+    lme = ecfg.get("lm_eval")
+    if lme:
+        from .eval.lm_eval_bridge import run_lm_eval
+
+        records += run_lm_eval(model, tokenizer, list(lme["tasks"]), num_fewshot=lme.get("num_fewshot", 0),
+                               limit=lme.get("limit"), batch_size=lme.get("batch_size", 1), device=str(device))
+    return records
+
+
+def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
+    """Run one compression described by ``cfg`` (a plain mapping); write ``result.json`` to ``out_dir``."""
+    from .data.calibration import get_calibration
+    from .models.loading import load_model
+
+    out_dir = Path(out_dir)
+    method = validate(cfg)
+    device = resolve_device(cfg.get("device", "cpu"))
+    root = cfg.get("data_root")
+    timings: dict[str, float] = {}
+    torch.manual_seed(cfg.get("seed", 0))
+
+    t = time.perf_counter()
+    model, tokenizer = load_model(cfg["model"]["name"], dtype=cfg["model"].get("dtype", "float32"))
+    timings["load_s"] = time.perf_counter() - t
+
+    dcfg = cfg["data"]
+    t = time.perf_counter()
+    calib = get_calibration(tokenizer, source=resolve_calibration_source(dcfg["source"], root),
+                            nsamples=dcfg["nsamples"], seqlen=dcfg["seqlen"], style=dcfg["style"],
+                            seed=dcfg.get("seed"), data_root=root)
+    timings["calibration_data_s"] = time.perf_counter() - t
+
+    dense_eval: list[dict] = []
+    if cfg.get("evaluate_dense", False):
+        t = time.perf_counter()
+        dense_eval = _evaluate(model, tokenizer, cfg.get("eval"), device, root)
+        timings["dense_eval_s"] = time.perf_counter() - t
+
+    owl = cfg.get("owl")
+    t = time.perf_counter()
+    report = compress_model(
+        model, calib, method, cfg.get("compression"), cfg.get("nm"), device=device,
+        owl=OWLConfig(**dict(owl)) if owl else None,
+        checkpoint_dir=out_dir / "checkpoint" if cfg.get("checkpoint", True) else None,
+        batch_size=cfg.get("batch_size", 1), offload_activations=cfg.get("offload_activations", False),
+        progress=cfg.get("progress", True),
+    )
+    timings["compress_s"] = time.perf_counter() - t
+    print(report.summary())
+
+    t = time.perf_counter()
+    evals = _evaluate(model, tokenizer, cfg.get("eval"), device, root)
+    timings["eval_s"] = time.perf_counter() - t
+
+    if cfg.get("save_model", False):
+        from .layers import save_compressed
+
+        save_compressed(model, out_dir / "compressed.safetensors")
+    atomic_write_text(out_dir / "layers.csv", report.to_frame().to_csv(index=False))
+    result = {
+        "config": dict(cfg),
+        "method": method.describe(),
+        "calibration": {**dict(dcfg), "shape": list(calib.shape)},
+        "compression": report.totals(),
+        "owl_sparsity": report.owl_sparsity,
+        "metrics": evals,
+        "dense_metrics": dense_eval,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "versions": package_versions(),
+        "git": git_revision(),
+        "device": str(device),
+    }
+    atomic_write_json(out_dir / "result.json", result)
+    return result
