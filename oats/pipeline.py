@@ -18,8 +18,12 @@ from .budget import check_compression, parse_nm
 from .io import atomic_write_json, atomic_write_text
 from .methods import get_method
 from .sequential import OWLConfig, compress_model, resolve_device
+from baselines.owl import owl_sparsities
 
 HUB_SOURCES = ("c4", "wikitext2")
+DENSE = "dense"  # method name of the uncompressed reference row
+DTYPES = ("float32", "bfloat16", "float16")
+STYLES = ("windows", "concat")
 PACKAGES = ("torch", "transformers", "safetensors", "hydra-core", "pandas", "lm-eval", "gguf", "oats-repro")
 
 
@@ -58,13 +62,47 @@ def build_method(cfg: Mapping[str, Any]):
     return get_method(cfg["name"], **params)
 
 
+class ConfigError(ValueError):
+    """A config value out of range, named by its key."""
+
+
+def _positive_int(key: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}={value!r} must be a positive integer{' or null' if allow_none else ''}")
+
+
+def _check_choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
 def validate(cfg: Mapping[str, Any]):
-    """Everything that can be checked before loading a model; returns the method object."""
+    """Everything that can be checked before loading a model; returns the method (None for dense).
+
+    Errors name the config key and the allowed values.
+    """
+    resolve_device(cfg.get("device", "cpu"))
+    _check_choice("model.dtype", cfg["model"].get("dtype", "float32"), DTYPES)
+    _positive_int("batch_size", cfg.get("batch_size", 1))
+    data = cfg.get("data") or {}
+    _positive_int("data.nsamples", data.get("nsamples"))
+    _positive_int("data.seqlen", data.get("seqlen"))
+    _check_choice("data.style", data.get("style"), STYLES)
+    ppl = (cfg.get("eval") or {}).get("perplexity")
+    if ppl:
+        _positive_int("eval.perplexity.seqlen", ppl.get("seqlen"))
+        _positive_int("eval.perplexity.max_windows", ppl.get("max_windows"), allow_none=True)
+    if cfg["method"]["name"] == DENSE:
+        return None
     method = build_method(cfg["method"])
     nm = parse_nm(cfg.get("nm"))
     if nm is None:
         check_compression(cfg.get("compression"))
-    resolve_device(cfg.get("device", "cpu"))
+    owl = cfg.get("owl") or {}
+    if owl.get("enabled"):
+        owl_sparsities([0.0, 1.0], cfg.get("compression"), owl.get("lam", 0.08))  # range check
     return method
 
 
@@ -103,30 +141,31 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
     model, tokenizer = load_model(cfg["model"]["name"], dtype=cfg["model"].get("dtype", "float32"))
     timings["load_s"] = time.perf_counter() - t
 
-    dcfg = cfg["data"]
-    t = time.perf_counter()
-    calib = get_calibration(tokenizer, source=resolve_calibration_source(dcfg["source"], root),
-                            nsamples=dcfg["nsamples"], seqlen=dcfg["seqlen"], style=dcfg["style"],
-                            seed=dcfg.get("seed"), data_root=root)
-    timings["calibration_data_s"] = time.perf_counter() - t
-
     dense_eval: list[dict] = []
     if cfg.get("evaluate_dense", False):
         t = time.perf_counter()
         dense_eval = _evaluate(model, tokenizer, cfg.get("eval"), device, root)
         timings["dense_eval_s"] = time.perf_counter() - t
 
-    owl = cfg.get("owl")
-    t = time.perf_counter()
-    report = compress_model(
-        model, calib, method, cfg.get("compression"), cfg.get("nm"), device=device,
-        owl=OWLConfig(**dict(owl)) if owl else None,
-        checkpoint_dir=out_dir / "checkpoint" if cfg.get("checkpoint", True) else None,
-        batch_size=cfg.get("batch_size", 1), offload_activations=cfg.get("offload_activations", False),
-        progress=cfg.get("progress", True),
-    )
-    timings["compress_s"] = time.perf_counter() - t
-    print(report.summary())
+    report, calib = None, None
+    dcfg = cfg["data"]
+    if method is not None:
+        t = time.perf_counter()
+        calib = get_calibration(tokenizer, source=resolve_calibration_source(dcfg["source"], root),
+                                nsamples=dcfg["nsamples"], seqlen=dcfg["seqlen"], style=dcfg["style"],
+                                seed=dcfg.get("seed"), data_root=root)
+        timings["calibration_data_s"] = time.perf_counter() - t
+        owl = cfg.get("owl") or {}
+        t = time.perf_counter()
+        report = compress_model(
+            model, calib, method, cfg.get("compression"), cfg.get("nm"), device=device,
+            owl=OWLConfig(hyper_m=owl["hyper_m"], lam=owl["lam"]) if owl.get("enabled") else None,
+            checkpoint_dir=out_dir / "checkpoint" if cfg.get("checkpoint", True) else None,
+            batch_size=cfg.get("batch_size", 1), offload_activations=cfg.get("offload_activations", False),
+            progress=cfg.get("progress", True),
+        )
+        timings["compress_s"] = time.perf_counter() - t
+        print(report.summary())
 
     t = time.perf_counter()
     evals = _evaluate(model, tokenizer, cfg.get("eval"), device, root)
@@ -136,13 +175,14 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
         from .layers import save_compressed
 
         save_compressed(model, out_dir / "compressed.safetensors")
-    atomic_write_text(out_dir / "layers.csv", report.to_frame().to_csv(index=False))
+    if report is not None:
+        atomic_write_text(out_dir / "layers.csv", report.to_frame().to_csv(index=False))
     result = {
         "config": dict(cfg),
-        "method": method.describe(),
-        "calibration": {**dict(dcfg), "shape": list(calib.shape)},
-        "compression": report.totals(),
-        "owl_sparsity": report.owl_sparsity,
+        "method": method.describe() if method else {"name": DENSE},
+        "calibration": {**dict(dcfg), "shape": list(calib.shape)} if calib is not None else None,
+        "compression": report.totals() if report else None,
+        "owl_sparsity": report.owl_sparsity if report else None,
         "metrics": evals,
         "dense_metrics": dense_eval,
         "timings": {k: round(v, 3) for k, v in timings.items()},

@@ -1,0 +1,123 @@
+"""Reproduce one table or figure of the paper: ``python reproduce/run.py table=llama3_60``.
+
+Expands the table's grid of runs, skips runs whose results exist, runs the rest
+(here, or on SLURM with ``launcher=slurm``), then gathers the results into the
+paper's layout, checks them against ``results/expected/``, writes CSV, Markdown
+and PNG plots, logs to wandb (offline by default) and exits non-zero when a
+checked cell is outside its tolerance or a run failed.
+
+Any other override applies to every run: ``method.iterations=20``,
+``data=c4``, ``device=cuda``. ``dry_run=true`` lists the runs and stops.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from oats.pipeline import validate
+from reproduce.gather import gather, load_expected, plot, to_markdown, write_table
+from reproduce.launch import launch_local, launch_slurm
+from reproduce.tables import CONF_DIR, TableConfigError, TableSpec, expand, forwarded_overrides, list_tables
+
+NEEDS = {  # capability -> module that provides it (tables may list code arriving in later issues)
+    "vision": "oats.vision",
+    "cpu_speed": "oats.eval.speed",
+}
+
+
+def _capability_missing(need: str | None) -> str | None:
+    if not need:
+        return None
+    import importlib.util
+
+    module = NEEDS.get(need)
+    if module is None:
+        return f"unknown capability {need!r}; known: {', '.join(NEEDS)}"
+    return None if importlib.util.find_spec(module) else f"needs {module} ({need}), which this project does not have yet"
+
+
+def plan(cfg: DictConfig):
+    spec = TableSpec.from_config(OmegaConf.to_container(cfg.table, resolve=True))
+    runs = expand(spec, forwarded_overrides(list(HydraConfig.get().overrides.task)))
+    for run in runs:  # every value checked before any work starts
+        try:
+            validate(run.config)
+        except ValueError as e:
+            raise TableConfigError(f"table {spec.name}, cell {run.row}|{run.col}: {e}") from None
+    return spec, runs
+
+
+EXIT_CODES: list[int] = []  # one per table run (several with -m); the process exits with the worst
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="reproduce", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    EXIT_CODES.append(reproduce(cfg))
+
+
+def reproduce(cfg: DictConfig) -> int:
+    try:
+        spec, runs = plan(cfg)
+    except (TableConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results_dir = Path(to_absolute_path(cfg.results_dir))
+    unique = list({r.run_id: r for r in runs}.values())
+    done = [r for r in unique if (results_dir / "runs" / r.run_id / "result.json").exists()]
+    pending = unique if cfg.rerun else [r for r in unique if r not in done]
+    print(f"table {spec.name}: {len(runs)} cells, {len(unique)} distinct runs, {len(unique) - len(pending)} done, "
+          f"{len(pending)} to run ({cfg.launcher.name})")
+    if cfg.dry_run:
+        for r in runs:
+            state = "done" if r in done else "pending"
+            print(f"  {r.run_id}  {state:<7}  {r.row} | {r.col}  {' '.join(r.overrides)}")
+        return 0
+    missing = _capability_missing(spec.needs) if pending else None
+    if missing:
+        print(f"error: table {spec.name} {missing}", file=sys.stderr)
+        return 2
+
+    wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True)
+    wandb_cfg["dir"] = wandb_cfg.get("dir") or str(results_dir / "wandb")
+    failures = []
+    if pending:
+        if cfg.launcher.name == "local":
+            failures = launch_local(pending, results_dir, wandb_cfg)
+        else:
+            failures = launch_slurm(pending, results_dir, cfg.launcher, spec.name, wandb_cfg)
+
+    df = gather(spec, runs, results_dir, load_expected(spec.expected))
+    csv_path, md_path = write_table(spec, df, results_dir / "tables")
+    figures = plot(spec, df, results_dir / "figures") if spec.kind == "figure" or spec.plot else []
+    print()
+    print(to_markdown(spec, df))
+    print(f"table: {csv_path}, {md_path}")
+    for f in figures:
+        print(f"figure: {f}")
+    from reproduce.wandb_log import log_table
+
+    log_table(spec.name, df, figures, OmegaConf.to_container(cfg.table, resolve=True), wandb_cfg,
+              Path(wandb_cfg["dir"]))
+    for f in failures:
+        print(f"FAILED run {f.run.run_id} ({f.run.row} | {f.run.col}): {f.reason}; log: {f.log}", file=sys.stderr)
+    n_fail = int((df.status == "fail").sum())
+    if n_fail:
+        print(f"{n_fail} checked cell(s) outside tolerance", file=sys.stderr)
+    return 1 if (n_fail or failures) else 0
+
+
+def entry() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("--list", "list"):
+        print("\n".join(list_tables()))
+        return
+    main()
+    sys.exit(max(EXIT_CODES, default=0))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,156 @@
+"""A paper table or figure as a grid of runs, each run a list of Hydra overrides of ``conf/compress.yaml``.
+
+A table config (``conf/table/NAME.yaml``) names rows and columns, each a list of
+overrides; the run of cell (row, col) composes ``base + row + col + cell`` and
+then the overrides the user typed. A run's identity is a hash of its resolved
+config (never a position in a list), so editing a table never renumbers runs
+and a finished run is never recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+KINDS = ("table", "figure")
+# Settings that do not change a run's numbers; they are left out of its identity.
+NON_IDENTITY_KEYS = ("progress", "checkpoint", "save_model", "data_root", "device", "batch_size",
+                     "offload_activations", "evaluate_dense")
+# Keys of the reproduce app itself; every other override the user types applies to each run.
+APP_KEYS = ("table", "launcher", "results_dir", "rerun", "wandb", "hydra", "only", "dry_run")
+
+
+class TableConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    kind: str
+    base: list[str]
+    rows: dict[str, list[str]]
+    cols: dict[str, list[str]]
+    metrics: list[str]
+    cells: dict[str, list[str]] = field(default_factory=dict)
+    skip: list[str] = field(default_factory=list)
+    expected: str | None = None
+    plot: dict[str, Any] = field(default_factory=dict)
+    needs: str | None = None  # code this table needs that may not exist yet (e.g. "vision", "cpu_speed")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "TableSpec":
+        cfg = dict(cfg)
+        for key in ("name", "rows", "cols", "metrics"):
+            if not cfg.get(key):
+                raise TableConfigError(f"table config needs a non-empty {key!r} (got {cfg.get(key)!r})")
+        kind = cfg.get("kind", "table")
+        if kind not in KINDS:
+            raise TableConfigError(f"table {cfg['name']}: kind={kind!r}; allowed: {', '.join(KINDS)}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(cfg) - known
+        if unknown:
+            raise TableConfigError(f"table {cfg['name']}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        spec = cls(
+            name=cfg["name"], title=cfg.get("title", cfg["name"]), kind=kind, base=list(cfg.get("base") or []),
+            rows={str(k): list(v or []) for k, v in cfg["rows"].items()},
+            cols={str(k): list(v or []) for k, v in cfg["cols"].items()},
+            metrics=list(cfg["metrics"]), cells={str(k): list(v) for k, v in (cfg.get("cells") or {}).items()},
+            skip=[str(s) for s in cfg.get("skip") or []], expected=cfg.get("expected"),
+            plot=dict(cfg.get("plot") or {}), needs=cfg.get("needs"),
+        )
+        for key in list(spec.cells) + spec.skip:
+            row, sep, col = key.partition("|")
+            if not sep or row not in spec.rows or col not in spec.cols:
+                raise TableConfigError(f"table {spec.name}: cell {key!r} is not 'row|col' of this table's rows/cols")
+        return spec
+
+
+@dataclass(frozen=True)
+class Run:
+    row: str
+    col: str
+    overrides: tuple[str, ...]
+    config: dict
+    run_id: str
+
+
+def run_identity(config: Mapping[str, Any]) -> str:
+    """Hash of the resolved config, without settings that do not change results.
+
+    The dense reference ignores every compression setting, so it is one run per model/eval.
+    """
+    ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    if ident.get("method", {}).get("name") == "dense":
+        ident = {k: v for k, v in ident.items() if k not in ("compression", "nm", "owl", "data")}
+    blob = json.dumps(ident, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def compose_run(overrides: list[str]) -> dict:
+    """Resolved config of one run: ``conf/compress.yaml`` with ``overrides`` (Hydra syntax)."""
+    if GlobalHydra.instance().is_initialized():  # inside the reproduce app: same conf/ search path
+        cfg = compose(config_name="compress", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="oats_run"):
+            cfg = compose(config_name="compress", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def expand(spec: TableSpec, extra: list[str] | None = None) -> list[Run]:
+    """Every (row, col) cell of the table as a composed run; ``extra`` overrides apply to all of them."""
+    runs = []
+    for row, row_ov in spec.rows.items():
+        for col, col_ov in spec.cols.items():
+            key = f"{row}|{col}"
+            if key in spec.skip:
+                continue
+            overrides = [*spec.base, *row_ov, *col_ov, *spec.cells.get(key, [])]
+            try:
+                overrides += applicable(extra or [], compose_run(overrides) if extra else {})
+                config = compose_run(overrides)
+            except Exception as e:  # Hydra's own message names the key or value
+                raise TableConfigError(f"table {spec.name}, cell {key}: {e}") from None
+            runs.append(Run(row, col, tuple(overrides), config, run_identity(config)))
+    return runs
+
+
+def _has_key(config: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def applicable(extra: list[str], config: Mapping[str, Any]) -> list[str]:
+    """The user's overrides that apply to this run: group choices, +/~ edits, and keys the run has.
+
+    ``method.rank_ratio=0.2`` on a table that also has Wanda rows changes the OATS rows only.
+    """
+    return [ov for ov in extra
+            if ov.startswith(("+", "~")) or "." not in ov.split("=", 1)[0] or _has_key(config, ov.split("=", 1)[0])]
+
+
+def forwarded_overrides(task_overrides: list[str]) -> list[str]:
+    """The user's overrides that are about each run rather than the reproduce app."""
+    out = []
+    for ov in task_overrides:
+        key = ov.lstrip("+~").split("=", 1)[0]
+        if key.split(".", 1)[0] not in APP_KEYS:
+            out.append(ov)
+    return out
+
+
+def list_tables() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "table").glob("*.yaml") if not p.stem.startswith("_"))
