@@ -20,7 +20,6 @@ from .methods import get_method
 from .sequential import OWLConfig, compress_model, resolve_device
 from baselines.owl import owl_sparsities
 
-HUB_SOURCES = ("c4", "wikitext2")
 DENSE = "dense"  # method name of the uncompressed reference row
 DTYPES = ("float32", "bfloat16", "float16")
 STYLES = ("windows", "concat")
@@ -46,15 +45,6 @@ def git_revision() -> str | None:
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def resolve_calibration_source(source: str, root: str | None) -> str:
-    """Hub names stay as they are; an existing path is used as is; else a path under the data root."""
-    from .data.paths import data_file
-
-    if source in HUB_SOURCES or Path(source).expanduser().exists():
-        return source
-    return str(data_file(source, root))
 
 
 def build_method(cfg: Mapping[str, Any]):
@@ -116,12 +106,12 @@ def _evaluate(model, tokenizer, ecfg: Mapping[str, Any] | None, device, root) ->
 
         records.append(perplexity(model, tokenizer, source=ppl.get("source", "wikitext2"), seqlen=ppl["seqlen"],
                                   max_windows=ppl.get("max_windows"), device=str(device), data_root=root))
-    lme = ecfg.get("lm_eval")
-    if lme:
+    for group in ecfg.get("lm_eval") or []:
         from .eval.lm_eval_bridge import run_lm_eval
 
-        records += run_lm_eval(model, tokenizer, list(lme["tasks"]), num_fewshot=lme.get("num_fewshot", 0),
-                               limit=lme.get("limit"), batch_size=lme.get("batch_size", 1), device=str(device))
+        records += run_lm_eval(model, tokenizer, list(group["tasks"]), num_fewshot=group.get("num_fewshot"),
+                               limit=group.get("limit"), batch_size=group.get("batch_size", 1), device=str(device),
+                               data_root=root)
     return records
 
 
@@ -151,7 +141,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
     dcfg = cfg["data"]
     if method is not None:
         t = time.perf_counter()
-        calib = get_calibration(tokenizer, source=resolve_calibration_source(dcfg["source"], root),
+        calib = get_calibration(tokenizer, source=dcfg["source"],
                                 nsamples=dcfg["nsamples"], seqlen=dcfg["seqlen"], style=dcfg["style"],
                                 seed=dcfg.get("seed"), data_root=root)
         timings["calibration_data_s"] = time.perf_counter() - t

@@ -63,7 +63,8 @@ def main(cfg: DictConfig) -> None:
 def reproduce(cfg: DictConfig) -> int:
     try:
         spec, runs = plan(cfg)
-    except (TableConfigError, ValueError) as e:
+        expected = load_expected(spec.expected)
+    except (TableConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     results_dir = Path(to_absolute_path(cfg.results_dir))
@@ -91,7 +92,7 @@ def reproduce(cfg: DictConfig) -> int:
         else:
             failures = launch_slurm(pending, results_dir, cfg.launcher, spec.name, wandb_cfg)
 
-    df = gather(spec, runs, results_dir, load_expected(spec.expected))
+    df = gather(spec, runs, results_dir, expected)
     csv_path, md_path = write_table(spec, df, results_dir / "tables")
     figures = plot(spec, df, results_dir / "figures") if spec.kind == "figure" or spec.plot else []
     print()
@@ -101,8 +102,11 @@ def reproduce(cfg: DictConfig) -> int:
         print(f"figure: {f}")
     from reproduce.wandb_log import log_table
 
-    log_table(spec.name, df, figures, OmegaConf.to_container(cfg.table, resolve=True), wandb_cfg,
-              Path(wandb_cfg["dir"]))
+    try:
+        log_table(spec.name, df, figures, OmegaConf.to_container(cfg.table, resolve=True), wandb_cfg,
+                  Path(wandb_cfg["dir"]))
+    except Exception as e:  # noqa: BLE001 - the report is auxiliary; the table files are written
+        print(f"warning: wandb logging of the table failed: {type(e).__name__}: {e}", file=sys.stderr)
     for f in failures:
         print(f"FAILED run {f.run.run_id} ({f.run.row} | {f.run.col}): {f.reason}; log: {f.log}", file=sys.stderr)
     n_fail = int((df.status == "fail").sum())

@@ -59,6 +59,7 @@ def log_table(name: str, df: pd.DataFrame, figures: list[Path], config: dict, wc
         return
     import wandb
 
-    run.log({"table": wandb.Table(dataframe=df.astype({c: "string" for c in df.columns if df[c].dtype == object})),
+    rows = [[None if pd.isna(v) else v for v in row] for row in df.itertuples(index=False)]
+    run.log({"table": wandb.Table(columns=list(df.columns), data=rows),
              **{p.stem: wandb.Image(str(p)) for p in figures}})
     run.finish()

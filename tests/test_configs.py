@@ -1,0 +1,150 @@
+"""Every table/figure config composes and validates; grid expansion, identity, gathering and checking."""
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from oats.methods import METHODS
+from oats.pipeline import ConfigError, validate
+from reproduce.gather import Expected, Tolerance, gather, load_expected, metric_values, plot, to_markdown
+from reproduce.tables import (CONF_DIR, TableConfigError, TableSpec, applicable, compose_run, expand,
+                              forwarded_overrides, list_tables, run_identity)
+
+
+def table_spec(name: str) -> TableSpec:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="reproduce", overrides=[f"table={name}"])
+    return TableSpec.from_config(OmegaConf.to_container(cfg.table, resolve=True))
+
+
+def test_the_paper_tables_and_figures_are_listed():
+    tables = set(list_tables())
+    for model in ("llama3", "llama3_70b", "phi3_mini", "phi3_medium"):
+        assert {f"{model}_{c}" for c in (30, 40, 50, 60)} <= tables
+    assert {"fig1_rank_ratio", "fig1_iterations", "fig2_nm", "vit_accuracy", "cpu_speed", "ablation_dscale",
+            "ablation_threshold", "rollout", "smollm2_ci", "smoke"} <= tables
+
+
+@pytest.mark.parametrize("name", list_tables())
+def test_every_table_composes_and_validates(name):
+    spec = table_spec(name)
+    runs = expand(spec)
+    assert runs, name
+    for run in runs:
+        validate(run.config)
+    if spec.expected:
+        load_expected(spec.expected)  # exists and is well formed
+
+
+def test_any_method_lists_every_method_parameter():
+    any_keys = set(yaml.safe_load((CONF_DIR / "method" / "_any.yaml").read_text())) - {"name"}
+    params = {f.name for cls in METHODS.values() for f in dataclasses.fields(cls)}
+    assert any_keys == params
+
+
+def test_run_identity_is_a_hash_of_the_resolved_config():
+    a = compose_run(["method=wanda", "compression=0.5"])
+    b = compose_run(["compression=0.5", "method=wanda", "progress=false", "device=cpu"])
+    c = compose_run(["method=wanda", "compression=0.6"])
+    assert run_identity(a) == run_identity(b) != run_identity(c)
+    # the dense reference does not depend on compression settings
+    d1 = compose_run(["method=dense", "compression=0.5"])
+    d2 = compose_run(["method=dense", "compression=null", "nm='2:4'"])
+    assert run_identity(d1) == run_identity(d2)
+
+
+def test_user_overrides_reach_only_the_runs_that_have_the_key():
+    spec = table_spec("smoke")
+    extra = forwarded_overrides(["table=smoke", "launcher=slurm", "method.rank_ratio=0.2", "data.nsamples=8"])
+    assert extra == ["method.rank_ratio=0.2", "data.nsamples=8"]
+    runs = {(r.row, r.col): r for r in expand(spec, extra)}
+    assert runs[("OATS", "50%")].config["method"]["rank_ratio"] == 0.2
+    assert "rank_ratio" not in runs[("Wanda", "50%")].config["method"]
+    assert all(r.config["data"]["nsamples"] == 8 for r in runs.values())
+    assert applicable(["method.blocksize=64", "+x=1", "model=smollm2-135m"], {"method": {"name": "wanda"}}) == [
+        "+x=1", "model=smollm2-135m"]
+
+
+@pytest.mark.parametrize("override,match", [
+    ("compression=1.5", r"compression=1.5 is outside"),
+    ("method.rank_ratio=-0.1", r"rank_ratio=-0.1"),
+    ("data.nsamples=0", r"data.nsamples=0"),
+    ("data.style=random", r"data.style='random'; allowed: windows, concat"),
+    ("model.dtype=int8", r"model.dtype='int8'"),
+    ("method.iterations=0", r"iterations=0"),
+    ("eval.perplexity.max_windows=-2", r"max_windows=-2"),
+])
+def test_out_of_range_values_fail_naming_the_key(override, match):
+    with pytest.raises(ValueError, match=match):
+        validate(compose_run(["method=oats", override]))
+
+
+def test_typos_fail_at_composition():
+    with pytest.raises(Exception, match="rank_ration"):
+        compose_run(["method=oats", "method.rank_ration=0.2"])
+    with pytest.raises(TableConfigError, match="not 'row\\|col'"):
+        TableSpec.from_config({"name": "t", "rows": {"a": []}, "cols": {"b": []}, "metrics": ["m"],
+                               "cells": {"a|c": []}})
+    with pytest.raises(TableConfigError, match="unknown key"):
+        TableSpec.from_config({"name": "t", "rows": {"a": []}, "cols": {"b": []}, "metrics": ["m"], "colz": 1})
+
+
+def fake_result(ppl: float, acc: float) -> dict:
+    return {"metrics": [{"task": "wikitext2", "metric": "token_perplexity", "value": ppl},
+                        {"task": "piqa_local", "metric": "acc_norm", "value": acc}],
+            "compression": {"compression": 0.5}, "timings": {"compress_s": 1.0}}
+
+
+def test_gather_checks_cells_against_expected(tmp_path):
+    spec = TableSpec(name="t", title="T", kind="figure", base=[], rows={"Wanda": ["method=wanda"], "OATS": ["method=oats"]},
+                     cols={"50%": ["compression=0.5"], "60%": ["compression=0.6"]},
+                     metrics=["wikitext2/token_perplexity", "piqa_local/acc_norm"])
+    runs = expand(spec)
+    values = {("Wanda", "50%"): (20.0, 0.60), ("OATS", "50%"): (18.0, 0.62), ("Wanda", "60%"): (40.0, 0.55)}
+    for run in runs:
+        if (run.row, run.col) in values:
+            out = tmp_path / "runs" / run.run_id
+            out.mkdir(parents=True)
+            (out / "result.json").write_text(json.dumps(fake_result(*values[(run.row, run.col)])))
+    expected = Expected(
+        tolerances={"wikitext2/token_perplexity": Tolerance(rel=0.05), "piqa_local/acc_norm": Tolerance(abs=0.01)},
+        cells={("Wanda", "50%", "wikitext2/token_perplexity"): (20.5, "ref"),
+               ("OATS", "50%", "wikitext2/token_perplexity"): (15.0, "ref"),
+               ("OATS", "50%", "piqa_local/acc_norm"): (0.615, "ref")})
+    df = gather(spec, runs, tmp_path, expected)
+    status = {(r.row, r.col, r.metric): r.status for r in df.itertuples()}
+    assert status[("Wanda", "50%", "wikitext2/token_perplexity")] == "pass"
+    assert status[("OATS", "50%", "wikitext2/token_perplexity")] == "fail"
+    assert status[("OATS", "50%", "piqa_local/acc_norm")] == "pass"
+    assert status[("Wanda", "60%", "piqa_local/acc_norm")] == "unchecked"
+    assert status[("OATS", "60%", "piqa_local/acc_norm")] == "missing"
+    md = to_markdown(spec, df)
+    assert "✗ (+20.0%)" in md and "cells: pass 2, fail 1, unchecked 3, missing 2" in md
+    pngs = plot(spec, df, tmp_path / "fig")
+    assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_expected_values_need_a_source_and_a_tolerance(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"tolerances": {"m": {"rel": 0.1}},
+                                                     "cells": [{"row": "r", "col": "c", "metric": "m", "value": 1.0}]}))
+    with pytest.raises(ValueError, match="no source"):
+        load_expected("a", tmp_path)
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"cells": [{"row": "r", "col": "c", "metric": "m", "value": 1.0,
+                                                                 "source": "x"}]}))
+    with pytest.raises(ValueError, match="no tolerance"):
+        load_expected("b", tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"tolerances": {"m": {"rel": 0.1}},
+                                                     "cells": [{"row": "r", "col": "c", "metric": "m", "value": None}]}))
+    assert load_expected("c", tmp_path).cells == {}  # a cell with no sourced value stays unchecked
+
+
+def test_metric_values_flattens_records():
+    result = fake_result(20.0, 0.6)
+    result["metrics"].append({"task": "zeroshot", "metric": "mean", "value": 0.55})
+    values = metric_values(result)
+    assert values == {"wikitext2/token_perplexity": 20.0, "piqa_local/acc_norm": 0.6, "zeroshot/mean": 0.55,
+                      "model/compression": 0.5, "time/compress_s": 1.0}
