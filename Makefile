@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   set up, then compress the embedded SmolLM2-135M with OATS (offline) and evaluate it
-#   make test   set up, then run the test suite
+#   make test   set up, then run the test suite (what CI runs)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # never pulls a multi-GB CUDA build. On a GPU cluster, install torch first and drop the constraint.
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-fast clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -22,11 +22,13 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/python -m oats.cli $(ARGS)
 
+# Everything CI runs: unit/integration tests, the smollm2_ci regression table, the SLURM cluster run.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
-test-all: setup
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+# Without the minutes-long tests (about N minutes here).
+test-fast: setup
+	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 clean:
 	rm -rf $(VENV) outputs

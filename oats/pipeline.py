@@ -96,7 +96,7 @@ def validate(cfg: Mapping[str, Any]):
     return method
 
 
-def _evaluate(model, tokenizer, ecfg: Mapping[str, Any] | None, device, root) -> list[dict]:
+def _evaluate(model, tokenizer, ecfg: Mapping[str, Any] | None, device, root, progress: bool = True) -> list[dict]:
     if not ecfg:
         return []
     records: list[dict] = []
@@ -105,7 +105,8 @@ def _evaluate(model, tokenizer, ecfg: Mapping[str, Any] | None, device, root) ->
         from .eval.perplexity import perplexity
 
         records.append(perplexity(model, tokenizer, source=ppl.get("source", "wikitext2"), seqlen=ppl["seqlen"],
-                                  max_windows=ppl.get("max_windows"), device=str(device), data_root=root))
+                                  max_windows=ppl.get("max_windows"), device=str(device), data_root=root,
+                                  progress=progress))
     for group in ecfg.get("lm_eval") or []:
         from .eval.lm_eval_bridge import run_lm_eval
 
@@ -134,7 +135,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
     dense_eval: list[dict] = []
     if cfg.get("evaluate_dense", False):
         t = time.perf_counter()
-        dense_eval = _evaluate(model, tokenizer, cfg.get("eval"), device, root)
+        dense_eval = _evaluate(model, tokenizer, cfg.get("eval"), device, root, cfg.get("progress", True))
         timings["dense_eval_s"] = time.perf_counter() - t
 
     report, calib = None, None
@@ -158,7 +159,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
         print(report.summary())
 
     t = time.perf_counter()
-    evals = _evaluate(model, tokenizer, cfg.get("eval"), device, root)
+    evals = _evaluate(model, tokenizer, cfg.get("eval"), device, root, cfg.get("progress", True))
     timings["eval_s"] = time.perf_counter() - t
 
     if cfg.get("save_model", False):

