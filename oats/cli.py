@@ -12,7 +12,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .data.paths import DataNotAvailableError
+from .models.loading import ModelNotAvailableError
 from .pipeline import run
+from .sequential import CheckpointMismatchError
+
+# Bad input from the user: configs, budgets, methods, architectures, missing models or data.
+USER_ERRORS = (ValueError, ModelNotAvailableError, DataNotAvailableError, CheckpointMismatchError)
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
@@ -20,7 +26,11 @@ CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 @hydra.main(config_path=CONF_DIR, config_name="compress", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
-    result = run(OmegaConf.to_container(cfg, resolve=True), out_dir)
+    try:
+        result = run(OmegaConf.to_container(cfg, resolve=True), out_dir)
+    except USER_ERRORS as e:  # a clear message, not a stack trace
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     for label, records in (("dense", result["dense_metrics"]), ("compressed", result["metrics"])):
         for r in records:
             print(f"{label:>10}  {r['task']:<12} {r['metric']:<18} {r['value']:.4f}  (n={r.get('n')}, {r.get('source')})")

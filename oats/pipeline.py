@@ -16,13 +16,14 @@ import torch
 
 from .budget import check_compression, parse_nm
 from .io import atomic_write_json, atomic_write_text
+from .data.calibration import STYLES
 from .methods import get_method
+from .models.loading import DTYPES
 from .sequential import OWLConfig, compress_model, resolve_device
 from baselines.owl import owl_sparsities
 
 DENSE = "dense"  # method name of the uncompressed reference row
-DTYPES = ("float32", "bfloat16", "float16")
-STYLES = ("windows", "concat")
+
 PACKAGES = ("torch", "transformers", "safetensors", "hydra-core", "pandas", "lm-eval", "gguf", "oats-repro")
 
 
@@ -74,7 +75,7 @@ def validate(cfg: Mapping[str, Any]):
     Errors name the config key and the allowed values.
     """
     resolve_device(cfg.get("device", "cpu"))
-    _check_choice("model.dtype", cfg["model"].get("dtype", "float32"), DTYPES)
+    _check_choice("model.dtype", cfg["model"].get("dtype", "float32"), tuple(DTYPES))
     _positive_int("batch_size", cfg.get("batch_size", 1))
     data = cfg.get("data") or {}
     _positive_int("data.nsamples", data.get("nsamples"))
