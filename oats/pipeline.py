@@ -134,7 +134,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
     timings["load_s"] = time.perf_counter() - t
 
     dense_eval: list[dict] = []
-    if cfg.get("evaluate_dense", False):
+    if cfg.get("evaluate_dense", False) and method is not None:
         t = time.perf_counter()
         dense_eval = _evaluate(model, tokenizer, cfg.get("eval"), device, root, cfg.get("progress", True))
         timings["dense_eval_s"] = time.perf_counter() - t

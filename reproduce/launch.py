@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import time
 import traceback
 from collections import Counter
@@ -21,6 +22,15 @@ class Failure:
     run: Run
     reason: str
     log: Path | None
+
+
+_ERROR = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
+
+
+def error_line(text: str) -> str:
+    """The last ``SomeError: message`` line of a traceback (what a person wants to read first)."""
+    hits = [line.strip() for line in text.splitlines() if _ERROR.match(line.strip())]
+    return hits[-1] if hits else ""
 
 
 def run_dir(results_dir: Path, run: Run) -> Path:
@@ -116,6 +126,6 @@ def launch_slurm(runs: list[Run], results_dir: Path, lcfg: Mapping[str, Any], ta
             job.result()
             reason = "finished without result.json"
         except Exception as e:  # noqa: BLE001
-            reason = f"{job.state}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
+            reason = f"{job.state}: {error_line(str(e)) or type(e).__name__}"
         failures.append(Failure(run, reason, job.paths.stdout))
     return failures

@@ -104,7 +104,7 @@ def test_smoke_table_on_slurm_with_failure_and_requeue(cluster, tmp_path):
     out = proc.stdout + proc.stderr
     print(out[-4000:])
     assert proc.returncode == 1, "a failed run must make the table run exit non-zero"
-    assert "FAILED run" in out and "Broken" in out and "log:" in out
+    assert "FAILED run" in out and "Broken" in out and "log:" in out and "ModelNotAvailableError" in out
     assert "jobs:" in out  # job states were shown while waiting
     for row in ("Wanda", "OATS", "Long"):
         assert (results / "runs" / runs[row].run_id / "result.json").exists(), row
