@@ -183,10 +183,9 @@ def plot(spec: TableSpec, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         for row in spec.rows:
             pts = [(_x_value(c, spec), v) for c, v in zip(sub[sub.row == row].col, sub[sub.row == row].value)]
             pts = sorted(p for p in pts if p[0] is not None)
-            if len(pts) == 1:
-                ax.axhline(pts[0][1], ls="--", lw=1, label=row, color="grey")
-            elif pts:
-                ax.plot(*zip(*pts), marker="o", label=row)
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if len(pts) > 1 else "s", label=row,
+                        linestyle="-" if len(pts) > 1 else "none")
         ax.set_xlabel(spec.plot.get("x_label", "setting"))
         ax.set_ylabel(metric)
         if spec.plot.get("log_y"):
