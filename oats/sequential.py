@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 

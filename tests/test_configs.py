@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from oats.methods import METHODS
-from oats.pipeline import ConfigError, validate
+from oats.pipeline import validate
 from reproduce.gather import Expected, Tolerance, gather, load_expected, metric_values, plot, to_markdown
 from reproduce.tables import (CONF_DIR, TableConfigError, TableSpec, applicable, compose_run, expand,
                               forwarded_overrides, list_tables, run_identity)

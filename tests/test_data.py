@@ -1,7 +1,6 @@
 """Data root / cache configuration, text loading, WikiText-2 rows and calibration sampling."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from oats.data.text import (
     wikitext2_rows_from_raw,
     wikitext2_test_text,
 )
-from oats.models.loading import ModelNotAvailableError, load_model, resolve_builtin
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from oats.data.text import wikitext2_test_text
 from oats.eval.lm_eval_bridge import SUITES, expand_tasks, run_lm_eval
 from oats.eval.perplexity import perplexity
 from oats.eval.tasks.local import MMLU10_SUBJECTS, load_mmlu_local, load_piqa_local, load_wikitext_local, mmlu_subjects
-from oats.models.loading import ModelNotAvailableError, load_model, resolve_builtin
 
 pytest.importorskip("lm_eval")
 

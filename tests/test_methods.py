@@ -7,7 +7,7 @@ from baselines.magnitude import magnitude_prune
 from baselines.owl import outlier_ratio, owl_sparsities
 from baselines.sparsegpt import sparsegpt_prune
 from baselines.wanda import wanda_prune
-from oats.budget import layer_budget, parse_nm
+from oats.budget import layer_budget
 from oats.decompose import oats_decompose, scaled_error
 from oats.methods import UnknownMethodError, get_method
 from oats.stats import InputStats, StatisticsError
