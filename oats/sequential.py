@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -24,8 +23,8 @@ from baselines.owl import outlier_ratio, owl_sparsities
 from baselines.wanda import wanda_scores
 
 from .budget import NM, BudgetError, parse_nm
-from .io import atomic_save_tensors, atomic_write_json
-from .layers import CompressedLinear, SplitLinear, apply_compressed_state, compressed_state, set_submodule
+from .io import atomic_write_json
+from .layers import CompressedLinear, SplitLinear, load_compressed, save_compressed, set_submodule
 from .methods import Method, get_method
 from .models.adapters import Unit, get_adapter, text_config
 from .report import CompressionReport, LayerRecord
@@ -200,8 +199,7 @@ class Checkpoint:
         return self.folder / f"block_{i:04d}.safetensors"
 
     def save(self, i: int, block: nn.Module, records: list[LayerRecord], owl: list[float] | None) -> None:
-        tensors, structure = compressed_state(block)
-        atomic_save_tensors(self.block_file(i), tensors, metadata={"oats_structure": json.dumps(structure)})
+        save_compressed(block, self.block_file(i))
         atomic_write_json(self.state_path, {
             "fingerprint": self.fingerprint,
             "next_block": i + 1,
@@ -210,14 +208,7 @@ class Checkpoint:
         })
 
     def restore_block(self, i: int, block: nn.Module) -> None:
-        from safetensors import safe_open
-
-        path = self.block_file(i)
-        with safe_open(str(path), framework="pt") as f:
-            structure = json.loads(f.metadata()["oats_structure"])
-        tensors = load_file(str(path))
-        dtype = next(p.dtype for p in block.parameters() if p.is_floating_point())
-        apply_compressed_state(block, {k: v.to(dtype) for k, v in tensors.items()}, structure)
+        load_compressed(block, self.block_file(i))
 
 
 def fingerprint(model: nn.Module, method: Method, compression: float | None, nm: NM | None,
