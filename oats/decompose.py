@@ -96,7 +96,6 @@ def oats_decompose(
     r = budget.rank
     d_out, d_in = W.shape
     objective: list[float] = []
-    L = torch.zeros_like(Wd)
     U = Wd.new_zeros(d_out, 0)
     Vh = Wd.new_zeros(0, d_in)
     s = Wd.new_zeros(0)

@@ -158,7 +158,7 @@ def _linear_tensors(prefix: str, m: CompressedLinear) -> dict[str, torch.Tensor]
     return out
 
 
-def compressed_state(root: nn.Module, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+def compressed_state(root: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """Tensors and structure of every compressed module under ``root``.
 
     Returns (tensors keyed by '<module path>[.<part>].<sparse|U|V|bias>', structure
@@ -168,15 +168,14 @@ def compressed_state(root: nn.Module, prefix: str = "") -> tuple[dict[str, torch
     structure: dict[str, list[str]] = {}
     inside_split: tuple[str, ...] = ()
     for name, m in root.named_modules():
-        full = f"{prefix}{name}"
         if isinstance(m, SplitLinear):
             for part, pm in m.parts.items():
-                tensors.update(_linear_tensors(f"{full}.{part}", pm))
-            structure[full] = list(m.parts)
+                tensors.update(_linear_tensors(f"{name}.{part}", pm))
+            structure[name] = list(m.parts)
             inside_split += (f"{name}.",)
         elif isinstance(m, CompressedLinear) and not name.startswith(inside_split):
-            tensors.update(_linear_tensors(full, m))
-            structure[full] = []
+            tensors.update(_linear_tensors(name, m))
+            structure[name] = []
     return tensors, structure
 
 
@@ -185,21 +184,18 @@ def _build_linear(get, key: str) -> CompressedLinear:
     return CompressedLinear(get(f"{key}.sparse"), get(f"{key}.U"), get(f"{key}.V"), bias)
 
 
-def apply_compressed_state(root: nn.Module, tensors, structure: dict[str, list[str]], prefix: str = "") -> None:
-    """Swap the modules named in ``structure`` (paths relative to ``root`` after stripping ``prefix``)."""
-    def get(key: str):
-        return tensors[key] if key in tensors else None
-
-    for full, parts in structure.items():
-        name = full[len(prefix):] if prefix and full.startswith(prefix) else full
+def apply_compressed_state(root: nn.Module, tensors, structure: dict[str, list[str]]) -> None:
+    """Swap the modules named in ``structure`` (paths relative to ``root``) for compressed ones."""
+    get = tensors.get
+    for name, parts in structure.items():
         try:
             root.get_submodule(name)
         except AttributeError:
-            raise KeyError(f"compressed module {full!r} does not exist in this model") from None
+            raise KeyError(f"compressed module {name!r} does not exist in this model") from None
         if parts:
-            new: nn.Module = SplitLinear({p: _build_linear(get, f"{full}.{p}") for p in parts})
+            new: nn.Module = SplitLinear({p: _build_linear(get, f"{name}.{p}") for p in parts})
         else:
-            new = _build_linear(get, full)
+            new = _build_linear(get, name)
         set_submodule(root, name, new)
 
 
