@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -96,13 +96,17 @@ class _Catcher(nn.Module):
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, blocks: nn.ModuleList, calib: torch.Tensor, device: torch.device,
-                   keep_on: torch.device) -> tuple[torch.Tensor, list[dict]]:
-    """Hidden states entering block 0 for every calibration sequence, and each block's keyword inputs.
+                   keep_on: torch.device, call: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+                   ) -> tuple[torch.Tensor, list[dict]]:
+    """Hidden states entering block 0 for every calibration item, and each block's keyword inputs.
 
-    calib: (n, seqlen) token ids -> inputs (n, seqlen, hidden) on ``keep_on``, and per-block
-    kwargs (attention mask, position embeddings, ...) captured from the first sequence; they
-    depend only on the sequence length, which is the same for all sequences.
+    calib: (n, seqlen) token ids, or (n, C, H, W) images for a vision encoder -> inputs
+    (n, tokens, hidden) on ``keep_on``, and per-block kwargs (attention mask, position
+    embeddings, ...) captured from the first item; they depend only on the number of
+    tokens, which is the same for all items. ``call(model, item)`` runs the model on one
+    item (default: the model's adapter's, e.g. ``model(ids[None], use_cache=False)``).
     """
+    call = call or get_adapter(model).call
     originals = list(blocks)
     store: dict = {"inputs": [], "kwargs": [None] * len(blocks), "keep_on": keep_on}
     host = _device_of(model)
@@ -110,9 +114,9 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, calib: torch.Tensor,
         blocks[i] = _Catcher(i, len(blocks) - 1, store)
     try:
         model.to(device)  # moves embeddings, rotary tables, norms; blocks are detached
-        for row in calib:
+        for item in calib:
             try:
-                model(row.unsqueeze(0).to(device), use_cache=False)
+                call(model, item.to(device))
             except _StopForward:
                 pass
     finally:
@@ -280,7 +284,8 @@ def compress_model(
 ) -> CompressionReport:
     """Compress every linear layer of every transformer block of ``model`` in place.
 
-    calib: (n, seqlen) LongTensor of calibration token ids. ``method``: a
+    calib: (n, seqlen) LongTensor of calibration token ids, or for a vision encoder
+    (ViT, DINOv2, timm) an (n, C, H, W) float tensor of preprocessed images. ``method``: a
     :class:`~oats.methods.Method` or its name. ``compression``: fraction of each
     layer's parameters removed (None with N:M, which fixes it). ``owl``: allocate
     per-block compression with OWL around ``compression``. ``checkpoint_dir``:
@@ -289,15 +294,13 @@ def compress_model(
     """
     method = get_method(method) if isinstance(method, str) else method
     nm = parse_nm(nm)
-    if not (isinstance(calib, torch.Tensor) and calib.dim() == 2 and calib.numel() > 0
-            and not calib.is_floating_point()):
-        raise ValueError(f"calib must be a non-empty (n, seqlen) tensor of token ids, got {getattr(calib, 'shape', calib)!r}")
+    adapter = get_adapter(model)
+    adapter.check_calibration(calib)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     if owl is not None and nm is not None:
         raise BudgetError(f"OWL allocates unstructured sparsity; it cannot be combined with N:M={nm}")
     device = resolve_device(device)
-    adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     cfg = text_config(model)
     plan = [adapter.units(b, cfg) for b in blocks]

@@ -184,7 +184,7 @@ def test_save_load_compressed_model(tmp_path):
 
 def test_unknown_architecture_names_supported_ones():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).eval()
-    with pytest.raises(UnsupportedArchitectureError, match="gpt2.*supported: gemma3, gemma3_text, llama, phi3"):
+    with pytest.raises(UnsupportedArchitectureError, match="gpt2.*supported: dinov2, gemma3, gemma3_text, llama, phi3, timm_vit, vit"):
         oats.compress(gpt2, calib_ids(), "wanda", 0.5, progress=False)
 
 
