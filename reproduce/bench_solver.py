@@ -20,7 +20,7 @@ import time
 import torch
 
 from oats.budget import layer_budget
-from oats.decompose import oats_decompose
+from oats.decompose import TruncatedSVD, oats_decompose
 
 LLAMA3_SHAPES = {"q_proj 4096x4096": (4096, 4096), "k_proj 1024x4096": (1024, 4096),
                  "gate/up 14336x4096": (14336, 4096), "down 4096x14336": (4096, 14336)}
@@ -88,9 +88,10 @@ def main() -> None:
     p.add_argument("--rank-ratio", type=float, default=0.3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--block", type=int, default=15)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
     device = torch.device(args.device)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     import pandas as pd
 
     mats: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
@@ -103,6 +104,9 @@ def main() -> None:
             mats[f"Llama-3-8B {k} (synthetic)"] = (W, d, args.llama_iterations or args.iterations)
     print(f"compression {args.compression}, rank ratio {args.rank_ratio}, device {device}, "
           f"threads {torch.get_num_threads()}, torch {torch.__version__}")
+    probe = TruncatedSVD(1, "subspace")
+    print(f"subspace solver: oversample {probe.oversample}, power steps {probe.power_iters} per call "
+          f"({probe.cold_power_iters} on the first, cold call)")
     rows = []
     for name, (W, d, iters) in mats.items():
         t_ref, o_ref = run_one(W, d, args.compression, args.rank_ratio, iters, "full", device)

@@ -8,7 +8,7 @@ from baselines.owl import outlier_ratio, owl_sparsities
 from baselines.sparsegpt import sparsegpt_prune
 from baselines.wanda import wanda_prune
 from oats.budget import layer_budget
-from oats.decompose import oats_decompose, scaled_error
+from oats.decompose import TruncatedSVD, oats_decompose, scaled_error
 from oats.methods import UnknownMethodError, get_method
 from oats.stats import InputStats, StatisticsError
 
@@ -98,6 +98,23 @@ def test_subspace_solver_matches_full_objective(layer):
     full = oats_decompose(W, d, b, iterations=30, svd="full", track_objective=True).objective[-1]
     fast = oats_decompose(W, d, b, iterations=30, svd="subspace", track_objective=True).objective[-1]
     assert fast <= full * 1.005
+
+
+def test_subspace_cold_start_keeps_a_short_loop_at_the_exact_objective():
+    """A flat spectrum and few iterations: the random first basis needs its extra power steps."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.arange(1, 257, dtype=torch.float32).pow(-0.6)
+    W = (torch.randn(256, 256, generator=g) * s) @ torch.randn(256, 512, generator=g) / 16
+    d = torch.exp(0.7 * torch.randn(512, generator=g))
+    b = layer_budget(*W.shape, 0.5, 0.3)
+
+    def final(**svd_kw):
+        svd = TruncatedSVD(b.rank, "subspace", generator=torch.Generator().manual_seed(0), **svd_kw)
+        return oats_decompose(W, d, b, iterations=4, svd=svd, track_objective=True).objective[-1]
+
+    full = oats_decompose(W, d, b, iterations=4, svd="full", track_objective=True).objective[-1]
+    assert final() <= full * 1.002
+    assert final(cold_power_iters=0) > final()  # without the cold steps the loop lags behind
 
 
 def reconstruction_error(X, W, W_hat):
