@@ -21,7 +21,7 @@ setup: $(BIN)/.installed
 
 # The main job: OATS (rank ratio 0.3, 80 iterations, warm-started subspace SVD) at 50% on the embedded
 # SmolLM2-135M, 32 x 512 local calibration tokens, WikiText-2 perplexity (40 windows) before and after.
-DEMO ?= model=smollm2-135m method=oats method.svd=subspace compression=0.5 data=local_wiki eval=ppl_quick evaluate_dense=true
+DEMO ?= model=smollm2-135m method=oats compression=0.5 data=local_wiki eval=ppl_quick evaluate_dense=true
 demo: setup
 	$(BIN)/python -m oats.cli $(DEMO) $(ARGS)
 
