@@ -69,6 +69,14 @@ def _check_choice(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
+MODEL_KINDS = ("text", "vision")
+
+
+def is_vision(cfg: Mapping[str, Any]) -> bool:
+    """``model.kind: vision``: an image classifier (ViT, DINOv2, timm), calibrated and evaluated on images."""
+    return cfg["model"].get("kind", "text") == "vision"
+
+
 def validate(cfg: Mapping[str, Any]):
     """Everything that can be checked before loading a model; returns the method (None for dense).
 
@@ -76,12 +84,18 @@ def validate(cfg: Mapping[str, Any]):
     """
     resolve_device(cfg.get("device", "cpu"))
     _check_choice("model.dtype", cfg["model"].get("dtype", "float32"), tuple(DTYPES))
+    _check_choice("model.kind", cfg["model"].get("kind", "text"), MODEL_KINDS)
     _positive_int("batch_size", cfg.get("batch_size", 1))
     data = cfg.get("data") or {}
-    _positive_int("data.nsamples", data.get("nsamples"))
-    _positive_int("data.seqlen", data.get("seqlen"))
-    _check_choice("data.style", data.get("style"), STYLES)
     ppl = (cfg.get("eval") or {}).get("perplexity")
+    if is_vision(cfg):
+        from .vision.pipeline import check_config
+
+        check_config(cfg)
+    else:
+        _positive_int("data.nsamples", data.get("nsamples"))
+        _positive_int("data.seqlen", data.get("seqlen"))
+        _check_choice("data.style", data.get("style"), STYLES)
     if ppl:
         _positive_int("eval.perplexity.seqlen", ppl.get("seqlen"))
         _positive_int("eval.perplexity.max_windows", ppl.get("max_windows"), allow_none=True)
@@ -97,9 +111,16 @@ def validate(cfg: Mapping[str, Any]):
     return method
 
 
-def _evaluate(model, tokenizer, ecfg: Mapping[str, Any] | None, device, root, progress: bool = True) -> list[dict]:
+def _evaluate(model, tokenizer, ecfg: Mapping[str, Any] | None, device, root, progress: bool = True,
+              out_dir: Path | None = None) -> list[dict]:
     if not ecfg:
         return []
+    from .vision.data import ImageSpec
+
+    if isinstance(tokenizer, ImageSpec):  # a vision model: ``tokenizer`` is its image preprocessing
+        from .vision.pipeline import evaluate
+
+        return evaluate(model, tokenizer, ecfg, device, root, out_dir, progress)
     records: list[dict] = []
     ppl = ecfg.get("perplexity")
     if ppl:
@@ -130,7 +151,12 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
     torch.manual_seed(cfg.get("seed", 0))
 
     t = time.perf_counter()
-    model, tokenizer = load_model(cfg["model"]["name"], dtype=cfg["model"].get("dtype", "float32"))
+    if is_vision(cfg):  # ``tokenizer`` is then the model's image preprocessing (an ImageSpec)
+        from .vision import pipeline as vision
+
+        model, tokenizer = vision.load(cfg["model"])
+    else:
+        model, tokenizer = load_model(cfg["model"]["name"], dtype=cfg["model"].get("dtype", "float32"))
     timings["load_s"] = time.perf_counter() - t
 
     dense_eval: list[dict] = []
@@ -143,9 +169,12 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
     dcfg = cfg["data"]
     if method is not None:
         t = time.perf_counter()
-        calib = get_calibration(tokenizer, source=dcfg["source"],
-                                nsamples=dcfg["nsamples"], seqlen=dcfg["seqlen"], style=dcfg["style"],
-                                seed=dcfg.get("seed"), data_root=root)
+        if is_vision(cfg):
+            calib = vision.calibration(tokenizer, dcfg, root)
+        else:
+            calib = get_calibration(tokenizer, source=dcfg["source"],
+                                    nsamples=dcfg["nsamples"], seqlen=dcfg["seqlen"], style=dcfg["style"],
+                                    seed=dcfg.get("seed"), data_root=root)
         timings["calibration_data_s"] = time.perf_counter() - t
         owl = cfg.get("owl") or {}
         t = time.perf_counter()
@@ -160,7 +189,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
         print(report.summary())
 
     t = time.perf_counter()
-    evals = _evaluate(model, tokenizer, cfg.get("eval"), device, root, cfg.get("progress", True))
+    evals = _evaluate(model, tokenizer, cfg.get("eval"), device, root, cfg.get("progress", True), out_dir)
     timings["eval_s"] = time.perf_counter() - t
 
     if cfg.get("save_model", False):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,4 +200,23 @@ def plot(spec: TableSpec, df: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
+    return paths
+
+
+def run_figures(spec: TableSpec, runs: list[Run], results_dir: Path, out_dir: Path) -> list[Path]:
+    """Copy the figures that runs wrote themselves (metrics carrying a ``figure`` path, e.g. attention
+    rollout) to ``out_dir/<table>__<row>__<col>.png``."""
+    paths = []
+    for run in runs:
+        result = read_result(results_dir, run.run_id) or {}
+        sources = {r["figure"] for r in result.get("metrics") or [] if r.get("figure")}
+        for i, src in enumerate(sorted(sources)):
+            src_path = results_dir / "runs" / run.run_id / Path(src).name
+            if not src_path.is_file():
+                continue
+            slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{run.row}__{run.col}").strip("_")
+            dest = out_dir / f"{spec.name}__{slug}{f'_{i}' if i else ''}{src_path.suffix}"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src_path, dest)
+            paths.append(dest)
     return paths

@@ -20,7 +20,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from oats.pipeline import validate
-from reproduce.gather import gather, load_expected, plot, to_markdown, write_table
+from reproduce.gather import gather, load_expected, plot, run_figures, to_markdown, write_table
 from reproduce.launch import launch_local, launch_slurm
 from reproduce.tables import CONF_DIR, TableConfigError, TableSpec, expand, forwarded_overrides, list_tables
 
@@ -95,6 +95,7 @@ def reproduce(cfg: DictConfig) -> int:
     df = gather(spec, runs, results_dir, expected)
     csv_path, md_path = write_table(spec, df, results_dir / "tables")
     figures = plot(spec, df, results_dir / "figures") if spec.kind == "figure" or spec.plot else []
+    figures += run_figures(spec, runs, results_dir, results_dir / "figures")
     print()
     print(to_markdown(spec, df))
     print(f"table: {csv_path}, {md_path}")

@@ -91,3 +91,167 @@ def test_unrecognised_vision_model_names_its_model_type():
                                                   intermediate_size=64, image_size=32, patch_size=8))
     with pytest.raises(UnsupportedArchitectureError, match=r"model_type='deit'.*supported:.*dinov2.*vit"):
         oats.compress(model, calib_images(), "wanda", 0.5, progress=False)
+
+
+# ---------------------------------------------------------------- attention rollout
+
+from oats.layers import set_terms  # noqa: E402
+from oats.vision.rollout import rollout, rollout_figure, rollout_maps, rollout_three_ways  # noqa: E402
+
+
+def test_rollout_of_uniform_attention_is_flat_and_keeps_cls():
+    t = 5
+    uniform = torch.full((1, 2, t, t), 1 / t)
+    m = rollout([uniform, uniform], discard_ratio=0.0)
+    assert m.shape == (1, t - 1) and torch.allclose(m, torch.ones(1, t - 1))
+    att = torch.rand(2, 3, t, t).softmax(-1)
+    m = rollout([att], discard_ratio=0.99)
+    assert torch.isfinite(m).all()
+    with pytest.raises(ValueError, match="discard_ratio=1.0"):
+        rollout([att], discard_ratio=1.0)
+    with pytest.raises(ValueError, match="head_fusion='median'"):
+        rollout([att], head_fusion="median")
+
+
+@pytest.mark.parametrize("arch", list(TINY_VISION))
+def test_rollout_three_ways_on_a_compressed_encoder(arch, tmp_path):
+    model = TINY_VISION[arch]()
+    x = calib_images(3, seed=7)
+    dense_maps = rollout_maps(model, x)
+    assert dense_maps.shape == (3, 4, 4)
+    with pytest.raises(ValueError, match="no compressed layers"):
+        rollout_three_ways(model, x)
+    oats.compress(model, calib_images(), "oats", 0.5, progress=False, rank_ratio=0.3, iterations=4)
+    before = logits(model, x)
+    maps = rollout_three_ways(model, x, discard_ratio=0.4)
+    assert set(maps) == {"full", "sparse", "lowrank"}
+    for m in maps.values():
+        assert m.shape == (3, 4, 4) and torch.isfinite(m).all()
+        assert torch.allclose(m.flatten(1).amax(1), torch.ones(3))
+    assert not torch.allclose(maps["sparse"], maps["full"]) and not torch.allclose(maps["lowrank"], maps["full"])
+    # both terms are switched back on afterwards, and the attention implementation restored
+    assert torch.equal(logits(model, x), before)
+    if arch != "timm":
+        assert model.config._attn_implementation == "sdpa"
+    # the sparse-only map is the rollout of the model with U, V zeroed
+    set_terms(model, sparse=True, lowrank=False)
+    assert torch.allclose(rollout_maps(model, x), maps["sparse"])
+    set_terms(model)
+    path = rollout_figure(x, maps, tmp_path / "rollout.png", labels=["a", "b", "c"], title="t")
+    assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------- image data
+
+from PIL import Image  # noqa: E402
+
+from oats.vision.data import ImageDataError, ImageFolder, ImageSpec, calibration_images, open_images  # noqa: E402
+
+
+def make_image_folder(root, classes=("a", "b", "c"), per_class=2, size=(40, 30)):
+    g = torch.Generator().manual_seed(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            arr = (torch.rand(size[1], size[0], 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+    return root
+
+
+def test_image_spec_resizes_without_crop_and_normalises():
+    spec = ImageSpec((224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    x = spec(Image.new("RGB", (300, 200), (255, 0, 128)))
+    assert x.shape == (3, 224, 224)
+    assert torch.allclose(x[0], torch.ones(224, 224)) and torch.allclose(x[1], -torch.ones(224, 224))
+    grey = ImageSpec((28, 28), (0.25,), (0.5,), channels=1)(Image.new("L", (28, 28), 255))
+    assert grey.shape == (1, 28, 28) and torch.allclose(grey, torch.full((1, 28, 28), 1.5))
+    dino = ImageSpec.from_processor_config({"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224},
+                                            "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+                                            "resample": 3})
+    assert dino.size == (224, 224) and dino.resample == 3 and dino.mean[0] == 0.485
+
+
+def test_image_folder_reads_classes_in_sorted_order(tmp_path):
+    folder = ImageFolder(make_image_folder(tmp_path / "train", classes=("n02", "n01")))
+    assert folder.classes == ["n01", "n02"] and len(folder) == 4
+    image, label = folder[3]
+    assert image.size == (40, 30) and label == 1
+    spec = ImageSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
+    calib = calibration_images(folder, 3, spec, seed=1)
+    assert calib.shape == (3, 3, 32, 32)
+    assert torch.equal(calib, calibration_images(folder, 3, spec, seed=1))
+    with pytest.raises(ImageDataError, match="nsamples=9 .* holds only 4"):
+        calibration_images(folder, 9, spec)
+
+
+def test_missing_or_empty_image_folders_name_the_path(tmp_path):
+    with pytest.raises(ImageDataError, match=f"image folder {tmp_path / 'nope'} does not exist"):
+        ImageFolder(tmp_path / "nope")
+    with pytest.raises(ImageDataError, match="image folder 'imagenet/val-missing' does not exist"):
+        open_images("imagenet/val-missing", root=tmp_path)
+    (tmp_path / "empty" / "n01").mkdir(parents=True)
+    with pytest.raises(ImageDataError, match=f"image folder {tmp_path / 'empty'} holds no images"):
+        open_images(str(tmp_path / "empty"))
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "x.png")
+    with pytest.raises(ImageDataError, match=r"holds images directly \(x.png"):
+        open_images(str(tmp_path / "flat"))
+    # a relative folder is found under the data root
+    make_image_folder(tmp_path / "imagenet" / "val")
+    assert len(open_images("imagenet/val", root=tmp_path)) == 6
+
+
+def test_accuracy_of_a_tiny_vit_on_an_image_folder(tmp_path):
+    from oats.vision.evaluate import image_accuracy
+
+    model = TINY_VISION["vit"]()
+    folder = open_images(str(make_image_folder(tmp_path / "val", classes=tuple("abcde"), per_class=3)))
+    spec = ImageSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
+    recs = image_accuracy(model, folder, spec, task="imagenet", batch_size=4, progress=False)
+    by = {r["metric"]: r for r in recs}
+    assert by["top1"]["n"] == 15 and 0 <= by["top1"]["value"] <= 1
+    # 5 classes: top-5 is every class; limit evaluates the first images only
+    recs = image_accuracy(model, folder, spec, batch_size=4, limit=6, progress=False)
+    assert recs[0]["n"] == 6 and len(recs) == 1
+
+
+# ---------------------------------------------------------------- one run from a config
+
+def test_pipeline_runs_a_vision_config_end_to_end(tmp_path):
+    """A tiny ViT folder + ImageFolder calibration/evaluation through oats.pipeline.run, with rollout."""
+    import json
+
+    from oats.pipeline import run
+    from reproduce.tables import compose_run
+
+    model = TINY_VISION["vit"]()
+    model.save_pretrained(tmp_path / "tiny-vit")
+    make_image_folder(tmp_path / "train", classes=tuple("abcde"), per_class=2)
+    make_image_folder(tmp_path / "val", classes=tuple("abcde"), per_class=2)
+    cfg = compose_run([f"model.name={tmp_path / 'tiny-vit'}", "+model.kind=vision", "+model.image_size=32",
+                       "data=imagenet", f"data.source={tmp_path / 'train'}", "data.nsamples=4",
+                       "eval=rollout_fmnist", f"eval.images.source={tmp_path / 'val'}", "eval.images.task=imagenet",
+                       f"eval.rollout.source={tmp_path / 'val'}", "eval.rollout.images=2",
+                       "method=oats", "method.iterations=3", "compression=0.4", "progress=false", "device=cpu"])
+    result = run(cfg, tmp_path / "out")
+    metrics = {f"{r['task']}/{r['metric']}": r["value"] for r in result["metrics"]}
+    assert set(metrics) == {"imagenet/top1", "rollout/sparse_vs_full_corr", "rollout/lowrank_vs_full_corr"}
+    assert result["calibration"]["shape"] == [4, 3, 32, 32]
+    assert 0.38 < result["compression"]["compression"] < 0.42
+    assert (tmp_path / "out" / "rollout.png").is_file()
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["metrics"]
+
+
+def test_vision_config_errors_name_the_key():
+    from oats.pipeline import validate
+    from reproduce.tables import compose_run
+
+    with pytest.raises(ValueError, match="data.kind=None.*kind: images"):
+        validate(compose_run(["model=fmnist-vit", "eval=fmnist", "method=wanda"]))
+    with pytest.raises(ValueError, match="eval.rollout.discard_ratio=1.5"):
+        validate(compose_run(["model=fmnist-vit", "data=fmnist", "eval=rollout_fmnist", "method=wanda",
+                              "eval.rollout.discard_ratio=1.5"]))
+    with pytest.raises(ValueError, match="eval.perplexity / eval.lm_eval are for language models"):
+        validate(compose_run(["model=fmnist-vit", "data=fmnist", "eval=ppl_quick", "method=wanda"]))
+    with pytest.raises(ValueError, match="model.kind='audio'"):
+        validate(compose_run(["model=fmnist-vit", "data=fmnist", "eval=fmnist", "model.kind=audio"]))
