@@ -69,13 +69,13 @@ def reproduce(cfg: DictConfig) -> int:
         return 2
     results_dir = Path(to_absolute_path(cfg.results_dir))
     unique = list({r.run_id: r for r in runs}.values())
-    done = [r for r in unique if (results_dir / "runs" / r.run_id / "result.json").exists()]
-    pending = unique if cfg.rerun else [r for r in unique if r not in done]
+    done = {r.run_id for r in unique if (results_dir / "runs" / r.run_id / "result.json").exists()}
+    pending = unique if cfg.rerun else [r for r in unique if r.run_id not in done]
     print(f"table {spec.name}: {len(runs)} cells, {len(unique)} distinct runs, {len(unique) - len(pending)} done, "
           f"{len(pending)} to run ({cfg.launcher.name})")
     if cfg.dry_run:
         for r in runs:
-            state = "done" if r in done else "pending"
+            state = "done" if r.run_id in done else "pending"
             print(f"  {r.run_id}  {state:<7}  {r.row} | {r.col}  {' '.join(r.overrides)}")
         return 0
     missing = _capability_missing(spec.needs) if pending else None

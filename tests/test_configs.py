@@ -148,3 +148,26 @@ def test_metric_values_flattens_records():
     values = metric_values(result)
     assert values == {"wikitext2/token_perplexity": 20.0, "piqa_local/acc_norm": 0.6, "zeroshot/mean": 0.55,
                       "model/compression": 0.5, "time/compress_s": 1.0}
+
+
+def test_smoke_table_runs_gathers_checks_and_resumes(tmp_path):
+    """reproduce/run.py end to end on the tiny random Llama: every cell checked, a second call reruns nothing."""
+    import subprocess
+    import sys
+
+    from reproduce.tables import REPO
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(REPO / "reproduce" / "run.py"), "table=smoke",
+                               f"results_dir={tmp_path}", "progress=false", "wandb.mode=disabled",
+                               f"hydra.run.dir={tmp_path / 'hydra'}", *extra],
+                              capture_output=True, text=True, timeout=600)
+
+    first = run()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    table = (tmp_path / "tables" / "smoke.csv").read_text()
+    assert "fail" not in table and "missing" not in table
+    listing = run("dry_run=true")
+    assert listing.returncode == 0 and "10 done, 0 to run" in listing.stdout
+    cells = [line for line in listing.stdout.splitlines() if " | " in line]
+    assert len(cells) == 11 and all(" done " in line for line in cells)  # the shared Dense run too
