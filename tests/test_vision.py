@@ -255,3 +255,41 @@ def test_vision_config_errors_name_the_key():
         validate(compose_run(["model=fmnist-vit", "data=fmnist", "eval=ppl_quick", "method=wanda"]))
     with pytest.raises(ValueError, match="model.kind='audio'"):
         validate(compose_run(["model=fmnist-vit", "data=fmnist", "eval=fmnist", "model.kind=audio"]))
+
+
+# ---------------------------------------------------------------- model loading
+
+def test_committed_fmnist_vit_loads_with_its_preprocessing():
+    from oats.vision.models import load_vision_model
+
+    model, spec = load_vision_model("fmnist-vit")
+    assert get_adapter(model).name == "vit" and len(get_adapter(model).blocks(model)) == 6
+    assert spec.size == (28, 28) and spec.channels == 1 and 0.2 < spec.mean[0] < 0.4
+    assert model.config.id2label[9] == "Ankle boot"
+
+
+def test_unavailable_vision_models_fail_clearly(monkeypatch):
+    from oats.models.loading import ModelNotAvailableError
+    from oats.vision.models import load_vision_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError, match="vision model 'nobody/no-such-vit' is not available"):
+        load_vision_model("nobody/no-such-vit")
+    with pytest.raises(ModelNotAvailableError, match="no such vision model folder: /no/such/folder"):
+        load_vision_model("/no/such/folder")
+    try:
+        import timm  # noqa: F401
+    except Exception:  # noqa: BLE001
+        with pytest.raises(ModelNotAvailableError, match=r"timm:vit_tiny_patch16_224 needs timm.*\.\[vision\]"):
+            load_vision_model("timm:vit_tiny_patch16_224")
+
+
+def test_timm_preprocessing_comes_from_its_pretrained_cfg():
+    from oats.vision.models import timm_spec
+
+    model = TINY_VISION["timm"]()  # skips without timm
+    cfg = model.pretrained_cfg
+    spec = timm_spec(model, image_size=32)
+    assert spec.size == (32, 32) and spec.mean == tuple(cfg["mean"]) and spec.std == tuple(cfg["std"])
+    assert spec.resample == cfg.get("interpolation", "bicubic")
+    assert spec(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
