@@ -24,7 +24,8 @@ from baselines.owl import owl_sparsities
 
 DENSE = "dense"  # method name of the uncompressed reference row
 
-PACKAGES = ("torch", "transformers", "safetensors", "hydra-core", "pandas", "lm-eval", "gguf", "oats-repro")
+PACKAGES = ("torch", "transformers", "safetensors", "hydra-core", "pandas", "lm-eval", "gguf", "oats-repro", "pillow",
+            "timm", "torchvision")
 
 
 def package_versions() -> dict[str, str | None]:
