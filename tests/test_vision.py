@@ -293,3 +293,23 @@ def test_timm_preprocessing_comes_from_its_pretrained_cfg():
     assert spec.size == (32, 32) and spec.mean == tuple(cfg["mean"]) and spec.std == tuple(cfg["std"])
     assert spec.resample == cfg.get("interpolation", "bicubic")
     assert spec(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("arch", list(TINY_VISION))
+def test_vision_checkpoint_resumes_to_the_same_model(arch, tmp_path):
+    from oats.sequential import compress_model
+
+    x = calib_images(2, seed=3)
+    fresh = TINY_VISION[arch]()
+    compress_model(fresh, calib_images(), "wanda", 0.5, checkpoint_dir=tmp_path, progress=False)
+    assert json_state(tmp_path)["next_block"] == 2
+    resumed = TINY_VISION[arch]()  # every block restored from the checkpoint, nothing recomputed
+    report = compress_model(resumed, calib_images(), "wanda", 0.5, checkpoint_dir=tmp_path, progress=False)
+    assert len(report.layers) == 12
+    assert torch.allclose(logits(resumed, x), logits(fresh, x), atol=1e-6)
+
+
+def json_state(folder):
+    import json
+
+    return json.loads((folder / "state.json").read_text())
