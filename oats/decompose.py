@@ -59,7 +59,9 @@ class TruncatedSVD:
         k = r + self.oversample
         steps = self.power_iters
         if self._basis is None:
-            self._basis = torch.randn(A.shape[1], k, device=A.device, dtype=A.dtype, generator=self.generator)
+            # A fixed seed unless given: the same layer gets the same factors in every run (and on resume).
+            gen = self.generator or torch.Generator(device=A.device).manual_seed(0)
+            self._basis = torch.randn(A.shape[1], k, device=A.device, dtype=A.dtype, generator=gen)
             steps = self.cold_power_iters
         Q = torch.linalg.qr(A @ self._basis).Q
         for _ in range(steps):

@@ -1,11 +1,11 @@
 """Whole-model compression cost: wall time and peak resident memory per method, and memory vs calibration size.
 
-    python reproduce/bench_model.py methods                 # SmolLM2-135M at 50%, every method
+    python reproduce/bench_model.py methods --iterations 20  # SmolLM2-135M at 50%, every method
     python reproduce/bench_model.py memory                  # peak memory vs nsamples and seqlen (Wanda)
 
 Each measurement runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its own.
 The model is loaded from the dequantised cache; the calibration set is fixed (local
-Wikipedia text, official OATS sampling, seed 42).
+Wikipedia text cut into windows, seed 42). --threads sets torch threads.
 """
 from __future__ import annotations
 
@@ -17,14 +17,12 @@ import subprocess
 import sys
 import time
 
-METHODS = [
-    ("magnitude", {}),
-    ("wanda", {}),
-    ("sparsegpt", {}),
-    ("lowrank", {}),
-    ("oats (full SVD, 80 it)", {"name": "oats", "iterations": 80, "svd": "full"}),
-    ("oats (subspace, 80 it)", {"name": "oats", "iterations": 80, "svd": "subspace"}),
-]
+
+
+def methods(iterations: int) -> list[tuple[str, dict]]:
+    return [("magnitude", {}), ("wanda", {}), ("sparsegpt", {}), ("lowrank", {}),
+            (f"oats (full SVD, {iterations} it)", {"name": "oats", "iterations": iterations, "svd": "full"}),
+            (f"oats (subspace, {iterations} it)", {"name": "oats", "iterations": iterations, "svd": "subspace"})]
 
 
 def child(spec: dict) -> None:
@@ -36,7 +34,7 @@ def child(spec: dict) -> None:
     from oats.models.loading import load_model
     from oats.sequential import compress_model
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(spec.get("threads") or os.cpu_count() or 1)
     model, tok = load_model("smollm2-135m")
     calib = get_calibration(tok, source="wiki_vital_en", nsamples=spec["nsamples"], seqlen=spec["seqlen"],
                             style="concat", seed=42)
@@ -64,6 +62,8 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--iterations", type=int, default=80, help="OATS iterations (both solvers)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
     if args.child:
         child(json.loads(args.child))
@@ -73,17 +73,19 @@ def main() -> None:
     rows = []
     if args.what == "methods":
         print(f"SmolLM2-135M, compression 0.5, calibration {args.nsamples} x {args.seqlen} tokens "
-              f"(wiki_vital_en, concat, seed 42), device {args.device}, {os.cpu_count()} cores")
-        for label, spec in METHODS:
+              f"(wiki_vital_en, concat, seed 42), device {args.device}, {args.threads} threads")
+        for label, spec in methods(args.iterations):
             method = {"name": label, **spec} if "name" not in spec else spec
-            r = measure({"method": method, "nsamples": args.nsamples, "seqlen": args.seqlen, "device": args.device})
+            r = measure({"method": method, "nsamples": args.nsamples, "seqlen": args.seqlen, "device": args.device,
+                         "threads": args.threads})
             rows.append({"method": label, **r})
             print(f"  {label}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     else:
         print("Wanda on SmolLM2-135M at 0.5: peak RSS vs calibration size (activations of one block, "
               "kept for all sequences, plus the model)")
         for n, L in [(8, 512), (32, 512), (128, 512), (32, 128), (32, 2048)]:
-            r = measure({"method": {"name": "wanda"}, "nsamples": n, "seqlen": L, "device": args.device})
+            r = measure({"method": {"name": "wanda"}, "nsamples": n, "seqlen": L, "device": args.device,
+                         "threads": args.threads})
             act_mib = n * L * 576 * 4 / 2**20
             rows.append({"nsamples": n, "seqlen": L, "activations_mib": act_mib, **r})
             print(f"  {n} x {L}: peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
