@@ -136,6 +136,10 @@ def _evaluate(model, tokenizer, ecfg: Mapping[str, Any] | None, device, root, pr
         records += run_lm_eval(model, tokenizer, list(group["tasks"]), num_fewshot=group.get("num_fewshot"),
                                limit=group.get("limit"), batch_size=group.get("batch_size", 1), device=str(device),
                                data_root=root)
+    if ecfg.get("speed"):  # CPU inference speed vs the dense equivalent (oats.eval.speed)
+        from .eval.speed import evaluate_speed
+
+        records += evaluate_speed(model, ecfg["speed"], out_dir, progress=progress)
     return records
 
 
