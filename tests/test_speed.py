@@ -1,0 +1,158 @@
+"""CPU export (in-process MKL / scipy CSR + dense low rank, ONNX) and the speed benchmark, on tiny models."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+import oats
+from oats.export import (CPULinear, ExportedLinear, detect_nm, export_linear, export_modules, export_onnx,
+                         mkl_error, mkl_module, sparse_engine, to_engine)
+from oats.eval import speed
+from oats.layers import CompressedLinear
+from tiny_models import calib_ids, tiny_llama, tiny_phi3
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+needs_mkl = pytest.mark.skipif(mkl_module() is None, reason=f"MKL engine unavailable ({mkl_error()}): "
+                               "install the extra `pip install -c constraints.txt -e '.[speed]'`")
+needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed: the extra "
+                               "`pip install -c constraints.txt -e '.[speed]'`")
+SPARSE_ENGINES = ["scipy", pytest.param("mkl", marks=needs_mkl)]
+
+
+@pytest.fixture(scope="module")
+def oats_llama():
+    torch.set_num_threads(1)
+    m = tiny_llama()
+    oats.compress(m, calib_ids(), method="oats", compression=0.5, rank_ratio=0.3)
+    return m
+
+
+def _layer(rank: int, nm: bool = False, bias: bool = True) -> CompressedLinear:
+    g = torch.Generator().manual_seed(0)
+    S = torch.randn(24, 32, generator=g)
+    if nm:  # keep 2 of every 4
+        keep = torch.rand(24, 8, 4, generator=g).argsort(-1) < 2
+        S = S * keep.reshape(24, 32)
+    else:
+        S = S * (torch.rand(24, 32, generator=g) < 0.4)
+    U, V = torch.randn(24, rank, generator=g), torch.randn(rank, 32, generator=g)
+    return CompressedLinear(S, U, V, torch.randn(24, generator=g) if bias else None)
+
+
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+@pytest.mark.parametrize("rank", [0, 5])
+def test_cpu_linear_matches_compressed_linear(engine, rank):
+    layer = _layer(rank)
+    spec = export_linear(layer)
+    assert spec.kind == ("sparse+lowrank" if rank else "sparse") and spec.rank == rank
+    assert spec.params == layer.num_params(include_bias=False)
+    x = torch.randn(3, 7, 32)
+    torch.testing.assert_close(CPULinear(spec, engine)(x), layer(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["torch", "numpy", pytest.param("mkl", marks=needs_mkl)])
+def test_dense_engines_match(engine):
+    layer = _layer(4)
+    spec = export_linear(layer, dense=True)
+    assert spec.kind == "dense"
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(CPULinear(spec, engine)(x), layer(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="cannot run a dense layer"):
+        CPULinear(spec, "scipy")
+
+
+def test_nm_pattern_is_detected_and_weight_bytes_count_csr():
+    spec = export_linear(_layer(0, nm=True))
+    assert spec.nm == "2:4" and detect_nm(torch.ones(2, 8, dtype=torch.bool)) is None
+    assert spec.weight_bytes() == 8 * spec.nnz + 4 * (24 + 1)
+    assert ExportedLinear(24, 32, weight=np.zeros((24, 32), np.float32)).weight_bytes() == 4 * 24 * 32
+
+
+@pytest.mark.parametrize("engine", SPARSE_ENGINES)
+def test_exported_model_matches_pytorch_prefill_and_decode(oats_llama, engine):
+    ids = calib_ids(1, 16, seed=3)
+    cpu = to_engine(copy.deepcopy(oats_llama), engine)
+    assert sum(isinstance(m, CPULinear) for m in cpu.modules()) == 14  # 7 projections x 2 blocks
+    with torch.no_grad():
+        ref, out = oats_llama(ids).logits, cpu(ids).logits
+        assert (out - ref).abs().max().item() < 1e-4
+        g_ref = oats_llama.generate(ids, max_new_tokens=4, do_sample=False)
+        g_cpu = cpu.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(g_ref, g_cpu)
+
+
+def test_split_linear_exports_as_concatenated_parts():
+    m = tiny_phi3()
+    oats.compress(m, calib_ids(), method="wanda", compression=0.5)
+    exported = export_modules(m)
+    assert any(isinstance(s, list) for s in exported.values())  # Phi-3's fused qkv / gate_up
+    ids = calib_ids(1, 12, seed=1)
+    with torch.no_grad():
+        ref = m(ids).logits
+        out = to_engine(copy.deepcopy(m), "scipy")(ids).logits
+    assert (out - ref).abs().max().item() < 1e-4
+
+
+@needs_ort
+def test_onnx_export_matches_pytorch(oats_llama, tmp_path):
+    import onnxruntime as ort
+
+    ids = calib_ids(1, 16, seed=5)
+    path = export_onnx(oats_llama, ids, tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input_ids": ids.numpy()})[0]
+    with torch.no_grad():
+        ref = oats_llama(ids).logits.numpy()
+    assert out.shape == ref.shape and np.abs(out - ref).max() < 1e-4
+
+
+def test_synthetic_layers_have_the_budget():
+    rng = np.random.default_rng(0)
+    un = speed.synthetic_linear(64, 96, "unstructured", 0.5, 0.25, rng)
+    oa = speed.synthetic_linear(64, 96, "oats", 0.5, 0.25, rng)
+    assert un.rank == 0 and un.nnz == 64 * 48
+    assert oa.rank > 0 and abs(oa.params - un.params) < 64  # equal parameter count up to row rounding
+    assert np.all(np.diff(oa.sparse.indptr) == oa.nnz // 64)
+
+
+def test_block_forward_agrees_across_engines():
+    blocks = speed.synthetic_blocks(1, "oats", 0.5, 0.25, hidden=64, intermediate=128, kv=16)
+    x = np.random.default_rng(1).standard_normal((5, 64), dtype=np.float32)
+    dense = [{k: ExportedLinear(s.d_out, s.d_in, weight=s.dense_weight().astype(np.float32)) for k, s in b.items()}
+             for b in blocks]
+    ref = speed.block_forward(x, [{k: speed._numpy_fn(s, "numpy") for k, s in b.items()} for b in dense])
+    out = speed.block_forward(x, [{k: speed._numpy_fn(s, sparse_engine()) for k, s in b.items()} for b in blocks])
+    np.testing.assert_allclose(out, ref, atol=1e-3, rtol=1e-3)
+
+
+def test_block_speed_reports_every_engine_and_the_fastest_dense():
+    engines = ["inprocess", "onnxruntime", "deepsparse"]
+    r = speed.block_speed(1, 0.5, 0.25, prefill_tokens=8, decode_tokens=2, repeats=2, engines=engines, threads=1,
+                          hidden=64, intermediate=128, kv=16)
+    rows = r["rows"]
+    assert {x["variant"] for x in rows} == {"dense", "unstructured", "oats"}
+    for phase in ("prefill", "decode"):
+        ph = [x for x in rows if x["phase"] == phase]
+        assert max(x["speedup"] for x in ph if x["variant"] == "dense") == pytest.approx(1.0)
+        assert all(x["min_ms"] <= x["median_ms"] <= x["max_ms"] and x["repeats"] == 2 for x in ph)
+    assert ("onnxruntime" in {x["engine"] for x in rows}) == HAS_ORT
+    if importlib.util.find_spec("deepsparse") is None:
+        assert "deepsparse: not installed" in r["notes"]
+    md = speed.format_report(r)
+    assert "threads:" in md and "torch" in md and "fastest dense" in md
+
+
+def test_pipeline_speed_records(oats_llama, tmp_path):
+    scfg = {"prefill_tokens": 8, "decode_tokens": 2, "repeats": 2, "engines": ["inprocess"], "label": "tiny"}
+    model = copy.deepcopy(oats_llama)
+    before = [type(m).__name__ for m in model.modules()]
+    recs = speed.evaluate_speed(model, scfg, tmp_path)
+    assert [type(m).__name__ for m in model.modules()] == before  # the model's modules are put back
+    got = {r["metric"]: r for r in recs}
+    assert {"prefill_speedup", "decode_speedup", "prefill_ideal_speedup"} <= set(got)
+    assert got["prefill_speedup"]["engine"] == f"inprocess-{sparse_engine()}"
+    assert (tmp_path / "speed.json").exists() and "tiny" in (tmp_path / "speed.md").read_text()
