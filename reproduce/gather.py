@@ -5,7 +5,7 @@ import json
 import math
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,19 @@ class Expected:
     tolerances: dict[str, Tolerance]
     cells: dict[tuple[str, str, str], tuple[float, str]]
     source: str = ""
+    cell_tolerances: dict[tuple[str, str, str], Tolerance] = field(default_factory=dict)
+
+    def tolerance(self, key: tuple[str, str, str]) -> Tolerance:
+        """The cell's own tolerance if it has one, else its metric's."""
+        return self.cell_tolerances.get(key) or self.tolerances[key[2]]
 
 
 def load_expected(name: str | None, directory: Path = EXPECTED_DIR) -> Expected:
     """``results/expected/NAME.yaml``: tolerances per metric and sourced values per cell.
 
     A cell without a value (or not listed) is unchecked; every value must carry a source.
+    A cell may carry its own ``tolerance`` (e.g. a method whose result varies more between
+    machines); the others use their metric's.
     """
     if not name:
         return Expected({}, {})
@@ -55,12 +62,13 @@ def load_expected(name: str | None, directory: Path = EXPECTED_DIR) -> Expected:
     if not path.exists():
         raise FileNotFoundError(f"expected values {path} not found (table names expected: {name!r})")
     data = yaml.safe_load(path.read_text()) or {}
-    tolerances = {}
-    for metric, tol in (data.get("tolerances") or {}).items():
+    def tolerance(tol: Any, what: str) -> Tolerance:
         if not isinstance(tol, dict) or set(tol) - {"rel", "abs"} or not tol:
-            raise ValueError(f"{path}: tolerance of {metric!r} must be {{rel: x}} or {{abs: x}}, got {tol!r}")
-        tolerances[metric] = Tolerance(tol.get("rel"), tol.get("abs"))
-    cells = {}
+            raise ValueError(f"{path}: tolerance of {what} must be {{rel: x}} or {{abs: x}}, got {tol!r}")
+        return Tolerance(tol.get("rel"), tol.get("abs"))
+
+    tolerances = {metric: tolerance(tol, repr(metric)) for metric, tol in (data.get("tolerances") or {}).items()}
+    cells, cell_tolerances = {}, {}
     for cell in data.get("cells") or []:
         if cell.get("value") is None:
             continue
@@ -69,8 +77,11 @@ def load_expected(name: str | None, directory: Path = EXPECTED_DIR) -> Expected:
             raise ValueError(f"{path}: cell {cell} has a value but no source")
         if cell["metric"] not in tolerances:
             raise ValueError(f"{path}: no tolerance for metric {cell['metric']!r}")
-        cells[(str(cell["row"]), str(cell["col"]), cell["metric"])] = (float(cell["value"]), source)
-    return Expected(tolerances, cells, data.get("source", ""))
+        key = (str(cell["row"]), str(cell["col"]), cell["metric"])
+        cells[key] = (float(cell["value"]), source)
+        if cell.get("tolerance") is not None:
+            cell_tolerances[key] = tolerance(cell["tolerance"], f"cell {key}")
+    return Expected(tolerances, cells, data.get("source", ""), cell_tolerances)
 
 
 def metric_values(result: dict) -> dict[str, float]:
@@ -100,12 +111,13 @@ def gather(spec: TableSpec, runs: list[Run], results_dir: Path, expected: Expect
         values = metric_values(result) if result else {}
         for metric in spec.metrics:
             value = values.get(metric)
-            exp = expected.cells.get((run.row, run.col, metric))
+            key = (run.row, run.col, metric)
+            exp = expected.cells.get(key)
             status, delta, tol = ("unchecked", None, None)
             if value is None:
                 status = "missing"
             elif exp is not None:
-                tol = expected.tolerances[metric]
+                tol = expected.tolerance(key)
                 ok, delta = tol.check(value, exp[0])
                 status = "pass" if ok else "fail"
             lines.append({

@@ -142,6 +142,21 @@ def test_expected_values_need_a_source_and_a_tolerance(tmp_path):
     assert load_expected("c", tmp_path).cells == {}  # a cell with no sourced value stays unchecked
 
 
+def test_a_cell_may_carry_its_own_tolerance(tmp_path):
+    cells = [{"row": "OATS", "col": "2:4", "metric": "m", "value": 100.0, "tolerance": {"rel": 0.1}},
+             {"row": "Wanda", "col": "2:4", "metric": "m", "value": 100.0}]
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"source": "ref", "tolerances": {"m": {"rel": 0.03}},
+                                                     "cells": cells}))
+    exp = load_expected("a", tmp_path)
+    assert exp.tolerance(("OATS", "2:4", "m")).check(107.0, 100.0)[0]
+    assert not exp.tolerance(("Wanda", "2:4", "m")).check(107.0, 100.0)[0]
+    cells[0]["tolerance"] = {"pct": 5}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"source": "ref", "tolerances": {"m": {"rel": 0.03}},
+                                                     "cells": cells}))
+    with pytest.raises(ValueError, match="tolerance of cell"):
+        load_expected("b", tmp_path)
+
+
 def test_metric_values_flattens_records():
     result = fake_result(20.0, 0.6)
     result["metrics"].append({"task": "zeroshot", "metric": "mean", "value": 0.55})
