@@ -29,7 +29,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -rs
 
-# Without the minutes-long tests (about 3 minutes on 2 cores).
+# Without the minutes-long tests (a few minutes on 2 cores).
 test-fast: setup
 	$(BIN)/python -m pytest -q -rs -m "not slow"
 
