@@ -117,7 +117,11 @@ def test_smoke_table_on_slurm_with_failure_and_requeue(cluster, tmp_path):
     assert long_result["compression"]["layers"] == 30 * 7  # all blocks, the first ones from the checkpoint
     attempts = (long_dir / "slurm_jobs.txt").read_text().splitlines()
     assert len(attempts) == 2 and attempts[1].endswith("restart=1"), attempts
-    sacct = sh("sacct", "-j", requeued["job"], "--duplicates", "-X", "-n", "-o", "JobID,State", env=cluster).stdout
+    for _ in range(60):  # slurmdbd records the final state a little after the job's own files appear
+        sacct = sh("sacct", "-j", requeued["job"], "--duplicates", "-X", "-n", "-o", "JobID,State", env=cluster).stdout
+        if "COMPLETED" in sacct:
+            break
+        time.sleep(1)
     print(sacct)
     assert "REQUEUED" in sacct and "COMPLETED" in sacct
     failed = sh("sacct", "-X", "-n", "-o", "JobID,JobName,State", "-S", "now-1hour", env=cluster).stdout
