@@ -167,16 +167,10 @@ def test_metric_values_flattens_records():
 
 def test_smoke_table_runs_gathers_checks_and_resumes(tmp_path):
     """reproduce/run.py end to end on the tiny random Llama: every cell checked, a second call reruns nothing."""
-    import subprocess
-    import sys
-
-    from reproduce.tables import REPO
+    from table_runs import run_table
 
     def run(*extra):
-        return subprocess.run([sys.executable, str(REPO / "reproduce" / "run.py"), "table=smoke",
-                               f"results_dir={tmp_path}", "progress=false", "wandb.mode=disabled",
-                               f"hydra.run.dir={tmp_path / 'hydra'}", *extra],
-                              capture_output=True, text=True, timeout=600)
+        return run_table("smoke", tmp_path, "progress=false", "wandb.mode=disabled", *extra, timeout=600)
 
     first = run()
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

@@ -14,15 +14,7 @@ from oats.methods import get_method
 from oats.models.adapters import UnsupportedArchitectureError, get_adapter
 from oats.sequential import CheckpointMismatchError, capture_inputs, compress_model, resolve_device, run_block
 from oats.stats import InputStats
-from tiny_models import TINY, calib_ids
-
-METHOD_PARAMS = {
-    "oats": dict(rank_ratio=0.3, iterations=4),
-    "wanda": {},
-    "sparsegpt": dict(blocksize=16),
-    "magnitude": {},
-    "lowrank": {},
-}
+from tiny_models import METHOD_PARAMS, TINY, calib_ids
 
 
 @pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3"])

@@ -7,15 +7,8 @@ import oats
 from oats.layers import CompressedLinear, SplitLinear
 from oats.models.adapters import UnsupportedArchitectureError, get_adapter
 from oats.sequential import capture_inputs, run_block
+from tiny_models import METHOD_PARAMS
 from tiny_vision import TINY_VISION, calib_images, logits
-
-METHOD_PARAMS = {
-    "oats": dict(rank_ratio=0.3, iterations=4),
-    "wanda": {},
-    "sparsegpt": dict(blocksize=16),
-    "magnitude": {},
-    "lowrank": {},
-}
 
 
 @pytest.mark.parametrize("arch", list(TINY_VISION))

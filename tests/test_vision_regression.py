@@ -1,12 +1,11 @@
 """Vision regression: the fmnist_vit table (every method on the committed Fashion-MNIST ViT at
 30/40/50/70%), fresh, checked against its reference. Runs offline anywhere (committed model and data
 subset); about 2.5 minutes on one core."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from table_runs import run_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,10 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_fmnist_vit_table_within_tolerance(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "reproduce" / "run.py"), "table=fmnist_vit", f"results_dir={tmp_path}",
-         "progress=false", "wandb.mode=disabled", f"hydra.run.dir={tmp_path / 'hydra'}"],
-        capture_output=True, text=True, timeout=1800)
+    proc = run_table("fmnist_vit", tmp_path, "progress=false", "wandb.mode=disabled", timeout=1800)
     print(proc.stdout[-5000:])
     print(proc.stderr[-3000:])
     table = pd.read_csv(tmp_path / "tables" / "fmnist_vit.csv")
