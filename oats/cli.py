@@ -12,6 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from . import runtime
 from .data.paths import DataNotAvailableError
 from .models.loading import ModelNotAvailableError
 from .pipeline import run
@@ -27,6 +28,12 @@ CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def _main(cfg: DictConfig) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
     try:
+        rt = runtime.settings(OmegaConf.to_container(cfg.runtime, resolve=True) if "runtime" in cfg else None)
+        if runtime.needs_new_process(rt):  # ISA / MKL path are read when torch loads: start again with them set
+            sys.stdout.flush()
+            keep = [a for a in sys.argv[1:] if not a.startswith("hydra.run.dir=")]
+            args = [sys.executable, "-m", "oats.cli", *keep, f"hydra.run.dir={out_dir}"]
+            os.execve(sys.executable, args, {**os.environ, **runtime.environment(rt)})
         result = run(OmegaConf.to_container(cfg, resolve=True), out_dir)
     except USER_ERRORS as e:  # a clear message, not a stack trace
         print(f"error: {e}", file=sys.stderr)

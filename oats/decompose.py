@@ -60,8 +60,11 @@ class TruncatedSVD:
         steps = self.power_iters
         if self._basis is None:
             # A fixed seed unless given: the same layer gets the same factors in every run (and on resume).
+            # Drawn in float64, whose normal sampler is the same on every CPU (float32's vectorised one
+            # rounds differently under each ATEN_CPU_CAPABILITY), then cast.
             gen = self.generator or torch.Generator(device=A.device).manual_seed(0)
-            self._basis = torch.randn(A.shape[1], k, device=A.device, dtype=A.dtype, generator=gen)
+            self._basis = torch.randn(A.shape[1], k, device=A.device, dtype=torch.float64,
+                                      generator=gen).to(A.dtype)
             steps = self.cold_power_iters
         Q = torch.linalg.qr(A @ self._basis).Q
         for _ in range(steps):

@@ -12,6 +12,12 @@ from torch import nn
 from .io import atomic_save_tensors
 
 
+def _owned(t: torch.Tensor) -> nn.Parameter:
+    """A frozen, contiguous copy. Contiguous so that the layout (and so the matmul kernel and its
+    last bits) is the same before and after a save/load: SVD factors often come back transposed."""
+    return nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format), requires_grad=False)
+
+
 class CompressedLinear(nn.Module):
     """y = x S^T + (x V^T) U^T + b.
 
@@ -36,10 +42,10 @@ class CompressedLinear(nn.Module):
         if U.shape[0] != d_out or V.shape[1] != d_in or U.shape[1] != V.shape[0]:
             raise ValueError(f"factor shapes U{tuple(U.shape)} V{tuple(V.shape)} do not fit S{tuple(sparse.shape)}")
         self.in_features, self.out_features = d_in, d_out
-        self.sparse = nn.Parameter(sparse.detach().clone(), requires_grad=False)
-        self.U = nn.Parameter(U.detach().clone().to(sparse.dtype), requires_grad=False)
-        self.V = nn.Parameter(V.detach().clone().to(sparse.dtype), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.sparse = _owned(sparse)
+        self.U = _owned(U.to(sparse.dtype))
+        self.V = _owned(V.to(sparse.dtype))
+        self.bias = None if bias is None else _owned(bias)
         self.use_sparse = True
         self.use_lowrank = True
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
+from . import runtime
 from .budget import check_compression, parse_nm
 from .io import atomic_write_json, atomic_write_text
 from .data.calibration import STYLES
@@ -84,6 +85,7 @@ def validate(cfg: Mapping[str, Any]):
     Errors name the config key and the allowed values.
     """
     resolve_device(cfg.get("device", "cpu"))
+    runtime.settings(cfg.get("runtime"))
     _check_choice("model.dtype", cfg["model"].get("dtype", "float32"), tuple(DTYPES))
     _check_choice("model.kind", cfg["model"].get("kind", "text"), MODEL_KINDS)
     _positive_int("batch_size", cfg.get("batch_size", 1))
@@ -150,6 +152,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
 
     out_dir = Path(out_dir)
     method = validate(cfg)
+    runtime.apply(runtime.settings(cfg.get("runtime")))
     device = resolve_device(cfg.get("device", "cpu"))
     root = cfg.get("data_root")
     timings: dict[str, float] = {}
@@ -215,6 +218,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
         "versions": package_versions(),
         "git": git_revision(),
         "device": str(device),
+        "runtime": runtime.describe(),
     }
     atomic_write_json(out_dir / "result.json", result)
     return result

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 import traceback
 from collections import Counter
@@ -12,9 +16,10 @@ from typing import Any, Mapping
 
 from tqdm.auto import tqdm
 
+from oats import runtime
 from oats.io import atomic_write_json, atomic_write_text
 
-from .tables import Run
+from .tables import REPO, Run
 
 
 @dataclass
@@ -37,7 +42,28 @@ def run_dir(results_dir: Path, run: Run) -> Path:
     return results_dir / "runs" / run.run_id
 
 
+class RunFailed(RuntimeError):
+    """A run that failed in its own process (its traceback is in the run folder's error.log)."""
+
+
 def execute(config: dict, out_dir: str | Path, wandb_cfg: Mapping[str, Any] | None = None) -> dict:
+    """One run: in this process, or in a new one when its ``runtime`` block asks for threads, a kernel
+    ISA or an MKL path that this process does not have (they are fixed when torch loads)."""
+    rt = runtime.settings(config.get("runtime"))
+    if not runtime.needs_new_process(rt):
+        return execute_here(config, out_dir, wandb_cfg)
+    out_dir = Path(out_dir)
+    env = {**os.environ, **runtime.environment(rt)}
+    cmd = [sys.executable, "-m", "reproduce.worker", str(out_dir), json.dumps(dict(wandb_cfg or {}))]
+    proc = subprocess.run(cmd, env=env, cwd=REPO)
+    if proc.returncode:
+        log = out_dir / "error.log"
+        text = log.read_text() if log.exists() else ""
+        raise RunFailed(error_line(text) or f"worker exited with code {proc.returncode}")
+    return json.loads((out_dir / "result.json").read_text())
+
+
+def execute_here(config: dict, out_dir: str | Path, wandb_cfg: Mapping[str, Any] | None = None) -> dict:
     """One run, in this process: the pipeline, then (optionally) its wandb log."""
     from oats.pipeline import run as run_pipeline
 
@@ -63,13 +89,14 @@ def launch_local(runs: list[Run], results_dir: Path, wandb_cfg: Mapping[str, Any
     failures = []
     bar = tqdm(runs, desc="runs", unit="run")
     for run in bar:
-        bar.set_postfix_str(f"{run.row} | {run.col}")
+        bar.set_postfix_str(f"{run.row} | {run.col}" + (f" | {run.rep}" if run.rep else ""))
         out = prepare(results_dir, run)
         try:
             execute(run.config, out, wandb_cfg)
         except Exception as e:  # noqa: BLE001 - reported, the other runs go on
             log = out / "error.log"
-            atomic_write_text(log, traceback.format_exc())
+            if not isinstance(e, RunFailed):  # a worker process wrote its own traceback there
+                atomic_write_text(log, traceback.format_exc())
             failures.append(Failure(run, f"{type(e).__name__}: {e}", log))
             tqdm.write(f"run {run.run_id} ({run.row} | {run.col}) failed: {type(e).__name__}: {e} [log: {log}]")
         gc.collect()

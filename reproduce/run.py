@@ -20,9 +20,11 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from oats.pipeline import validate
-from reproduce.gather import gather, load_expected, plot, run_figures, to_markdown, write_table
+from reproduce.gather import aggregate, check_orderings, collect, plot, run_figures, to_markdown, write_table
+from reproduce.expected import load_expected
 from reproduce.launch import launch_local, launch_slurm
-from reproduce.tables import CONF_DIR, TableConfigError, TableSpec, expand, forwarded_overrides, list_tables
+from reproduce.tables import (CONF_DIR, Repeat, TableConfigError, TableSpec, expand, forwarded_overrides,
+                              list_tables)
 
 NEEDS = {  # capability -> module that provides it (tables may list code arriving in later issues)
     "vision": "oats.vision",
@@ -43,13 +45,17 @@ def _capability_missing(need: str | None) -> str | None:
 
 def plan(cfg: DictConfig):
     spec = TableSpec.from_config(OmegaConf.to_container(cfg.table, resolve=True))
-    runs = expand(spec, forwarded_overrides(list(HydraConfig.get().overrides.task)))
+    runs = expand(spec, forwarded_overrides(list(HydraConfig.get().overrides.task)), repeat_of(cfg))
     for run in runs:  # every value checked before any work starts
         try:
             validate(run.config)
         except ValueError as e:
             raise TableConfigError(f"table {spec.name}, cell {run.row}|{run.col}: {e}") from None
     return spec, runs
+
+
+def repeat_of(cfg: DictConfig) -> Repeat:
+    return Repeat.from_config(OmegaConf.to_container(cfg.repeat, resolve=True) if "repeat" in cfg else None)
 
 
 EXIT_CODES: list[int] = []  # one per table run (several with -m); the process exits with the worst
@@ -76,7 +82,8 @@ def reproduce(cfg: DictConfig) -> int:
     if cfg.dry_run:
         for r in runs:
             state = "done" if r.run_id in done else "pending"
-            print(f"  {r.run_id}  {state:<7}  {r.row} | {r.col}  {' '.join(r.overrides)}")
+            rep = f" | {r.rep}" if r.rep else ""
+            print(f"  {r.run_id}  {state:<7}  {r.row} | {r.col}{rep}  {' '.join(r.overrides)}")
         return 0
     missing = _capability_missing(spec.needs) if pending else None
     if missing:
@@ -92,12 +99,16 @@ def reproduce(cfg: DictConfig) -> int:
         else:
             failures = launch_slurm(pending, results_dir, cfg.launcher, spec.name, wandb_cfg)
 
-    df = gather(spec, runs, results_dir, expected)
-    csv_path, md_path = write_table(spec, df, results_dir / "tables")
-    figures = plot(spec, df, results_dir / "figures") if spec.kind == "figure" or spec.plot else []
+    per_run = collect(spec, runs, results_dir)
+    df = aggregate(spec, per_run, expected)
+    orderings = check_orderings(expected, df)
+    repeat = repeat_of(cfg)
+    stem = spec.name if repeat.name == "single" else f"{spec.name}-{repeat.name}"  # repeated tables beside the plain one
+    csv_path, md_path = write_table(spec, df, results_dir / "tables", per_run, orderings, stem)
+    figures = plot(spec, df, results_dir / "figures", stem) if spec.kind == "figure" or spec.plot else []
     figures += run_figures(spec, runs, results_dir, results_dir / "figures")
     print()
-    print(to_markdown(spec, df))
+    print(to_markdown(spec, df, orderings))
     print(f"table: {csv_path}, {md_path}")
     for f in figures:
         print(f"figure: {f}")
@@ -113,7 +124,10 @@ def reproduce(cfg: DictConfig) -> int:
     n_fail = int((df.status == "fail").sum())
     if n_fail:
         print(f"{n_fail} checked cell(s) outside tolerance", file=sys.stderr)
-    return 1 if (n_fail or failures) else 0
+    n_order = int((orderings.status == "fail").sum())
+    if n_order:
+        print(f"{n_order} expected ordering(s) do not hold", file=sys.stderr)
+    return 1 if (n_fail or n_order or failures) else 0
 
 
 def entry() -> None:

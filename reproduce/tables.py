@@ -8,6 +8,7 @@ and a finished run is never recomputed.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from oats import runtime
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 KINDS = ("table", "figure")
@@ -25,7 +28,7 @@ KINDS = ("table", "figure")
 NON_IDENTITY_KEYS = ("progress", "checkpoint", "save_model", "data_root", "device", "batch_size",
                      "offload_activations", "evaluate_dense")
 # Keys of the reproduce app itself; every other override the user types applies to each run.
-APP_KEYS = ("table", "launcher", "results_dir", "rerun", "wandb", "hydra", "only", "dry_run")
+APP_KEYS = ("table", "launcher", "results_dir", "rerun", "wandb", "hydra", "only", "dry_run", "repeat")
 
 
 class TableConfigError(ValueError):
@@ -82,14 +85,66 @@ class Run:
     overrides: tuple[str, ...]
     config: dict
     run_id: str
+    rep: str = ""  # which repetition of its cell ('' = the cell as configured; 'seed=43 threads=1' ...)
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """How often each cell runs: over calibration seeds (data.seed + 0..seeds-1) and runtime settings."""
+
+    seeds: int = 1
+    runtimes: tuple[dict, ...] = ({},)
+    name: str = "single"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> "Repeat":
+        cfg = dict(cfg or {})
+        seeds = cfg.get("seeds", 1)
+        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+            raise TableConfigError(f"repeat.seeds={seeds!r} must be a positive integer")
+        runtimes = cfg.get("runtimes") or [{}]
+        if not isinstance(runtimes, (list, tuple)):
+            raise TableConfigError(f"repeat.runtimes={runtimes!r} must be a list of runtime settings")
+        checked = []
+        for rt in runtimes:
+            if not isinstance(rt, Mapping):
+                raise TableConfigError(f"repeat.runtimes entry {rt!r} must be a mapping such as {{threads: 1}}")
+            checked.append(runtime.settings(rt))
+        return cls(seeds, tuple(checked), str(cfg.get("name", "custom")))
+
+    def variants(self, config: Mapping[str, Any]) -> list[tuple[str, list[str], dict]]:
+        """(label, overrides, config) of every repetition of one cell's resolved ``config``."""
+        if self.seeds == 1 and self.runtimes == ({},):
+            return [("", [], dict(config))]
+        base_seed = (config.get("data") or {}).get("seed")
+        if self.seeds > 1 and not isinstance(base_seed, int):
+            raise TableConfigError(f"repeat.seeds={self.seeds} needs an integer data.seed, got {base_seed!r}")
+        out = []
+        for s in range(self.seeds):
+            for rt in self.runtimes:
+                cfg = copy.deepcopy(dict(config))
+                overrides, label = [], []
+                if s:
+                    cfg["data"]["seed"] = base_seed + s
+                    overrides.append(f"data.seed={base_seed + s}")
+                    label.append(f"seed={base_seed + s}")
+                if rt:
+                    cfg["runtime"] = {**(cfg.get("runtime") or {}), **rt}
+                    overrides += [f"runtime.{k}={v}" for k, v in rt.items()]
+                    label.append(runtime.label(rt))
+                out.append((" ".join(label), overrides, cfg))
+        return out
 
 
 def run_identity(config: Mapping[str, Any]) -> str:
     """Hash of the resolved config, without settings that do not change results.
 
-    The dense reference ignores every compression setting, so it is one run per model/eval.
+    The dense reference ignores every compression setting, so it is one run per model/eval. A
+    ``runtime`` block left to the machine (all null) is not part of it.
     """
     ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    if not any((ident.get("runtime") or {}).values()):
+        ident.pop("runtime", None)
     if ident.get("method", {}).get("name") == "dense":
         ident = {k: v for k, v in ident.items() if k not in ("compression", "nm", "owl", "data")}
     blob = json.dumps(ident, sort_keys=True, default=str)
@@ -106,8 +161,13 @@ def compose_run(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def expand(spec: TableSpec, extra: list[str] | None = None) -> list[Run]:
-    """Every (row, col) cell of the table as a composed run; ``extra`` overrides apply to all of them."""
+def expand(spec: TableSpec, extra: list[str] | None = None, repeat: Repeat | None = None) -> list[Run]:
+    """Every (row, col) cell of the table as a composed run; ``extra`` overrides apply to all of them.
+
+    With ``repeat``, each cell gives one run per (seed, runtime) repetition (a cell's repetitions
+    that resolve to the same run, e.g. the Dense row over calibration seeds, are listed once).
+    """
+    repeat = repeat or Repeat()
     runs = []
     for row, row_ov in spec.rows.items():
         for col, col_ov in spec.cols.items():
@@ -120,7 +180,12 @@ def expand(spec: TableSpec, extra: list[str] | None = None) -> list[Run]:
                 config = compose_run(overrides)
             except Exception as e:  # Hydra's own message names the key or value
                 raise TableConfigError(f"table {spec.name}, cell {key}: {e}") from None
-            runs.append(Run(row, col, tuple(overrides), config, run_identity(config)))
+            seen = set()
+            for label, rep_overrides, rep_config in repeat.variants(config):
+                run_id = run_identity(rep_config)
+                if run_id not in seen:
+                    seen.add(run_id)
+                    runs.append(Run(row, col, tuple(overrides + rep_overrides), rep_config, run_id, label))
     return runs
 
 

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 os.environ.setdefault("OATS_DATA_ROOT", str(SHARED_DATA))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# OMP_NUM_THREADS=1 make test runs the suite (and the table runs it starts) on one thread.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture

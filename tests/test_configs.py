@@ -123,7 +123,7 @@ def test_gather_checks_cells_against_expected(tmp_path):
     assert status[("Wanda", "60%", "piqa_local/acc_norm")] == "unchecked"
     assert status[("OATS", "60%", "piqa_local/acc_norm")] == "missing"
     md = to_markdown(spec, df)
-    assert "✗ (+20.0%)" in md and "cells: pass 2, fail 1, unchecked 3, missing 2" in md
+    assert "✗ (+20.0%)" in md and "cells: pass 2, fail 1, unstable 0, unchecked 3, missing 2" in md
     pngs = plot(spec, df, tmp_path / "fig")
     assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 

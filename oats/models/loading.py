@@ -295,7 +295,7 @@ def _tiny_random_llama(cache_dir: str | Path | None) -> Path:
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    target = _cache_root(cache_dir) / "builtin" / f"{TINY_RANDOM}-v1"
+    target = _cache_root(cache_dir) / "builtin" / f"{TINY_RANDOM}-v2"
     if (target / "config.json").is_file():
         return target
     _, tokenizer = load_model("smollm2-135m", cache_dir=cache_dir)
@@ -303,8 +303,13 @@ def _tiny_random_llama(cache_dir: str | Path | None) -> Path:
                          num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=2048,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
     model = LlamaForCausalLM(config)
+    # Weights drawn in float64 (the same on every CPU; float32 normal_ rounds differently per ISA), then cast.
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, dtype=torch.float64, generator=gen) * config.initializer_range)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:

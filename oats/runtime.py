@@ -1,0 +1,127 @@
+"""How a run computes on this machine: thread count and the CPU code paths of torch and MKL.
+
+The same config gives bit-different numbers with another thread count (LAPACK's blocking), another
+``ATEN_CPU_CAPABILITY`` (torch's vectorised softmax, SiLU, attention) or another MKL code path
+(``MKL_CBWR``): the ways two machines differ. A run's ``runtime`` block pins them, so a table can
+repeat each cell under several of them and measure the spread (``reproduce/run.py repeat=machines``).
+``null`` everywhere (the default) leaves the machine's own choice, which :func:`describe` records.
+
+The ISA and MKL path are read when torch loads, so a run that asks for them runs in a process
+started with :func:`environment` (the launcher's subprocess, or ``oats.cli`` re-executing itself).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+from typing import Any, Mapping
+
+KEYS = ("threads", "cpu_capability", "mkl_cbwr")
+CPU_CAPABILITIES = ("default", "avx2", "avx512")  # x86 values of ATEN_CPU_CAPABILITY
+_CBWR = re.compile(r"(AUTO|COMPATIBLE|SSE4_2|AVX|AVX2|AVX512|AVX512_E1|AVX10)(,STRICT)?")
+
+
+class RuntimeSettingError(ValueError):
+    """A runtime value that is not allowed, or that this machine cannot honour."""
+
+
+def settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The non-null runtime settings of a run config's ``runtime`` block, checked."""
+    rt = dict(cfg or {})
+    unknown = set(rt) - set(KEYS)
+    if unknown:
+        raise RuntimeSettingError(f"runtime has unknown key(s) {sorted(unknown)}; allowed: {', '.join(KEYS)}")
+    rt = {k: v for k, v in rt.items() if v is not None}
+    threads = rt.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise RuntimeSettingError(f"runtime.threads={threads!r} must be a positive integer or null")
+    isa = rt.get("cpu_capability")
+    if isa is not None and isa not in CPU_CAPABILITIES:
+        raise RuntimeSettingError(f"runtime.cpu_capability={isa!r}; allowed: {', '.join(CPU_CAPABILITIES)} or null")
+    if isa is not None and isa not in supported_capabilities():
+        raise RuntimeSettingError(f"runtime.cpu_capability={isa!r} is not supported by this CPU ({cpu_model()}); "
+                                  f"it supports: {', '.join(supported_capabilities())}")
+    cbwr = rt.get("mkl_cbwr")
+    if cbwr is not None and not (isinstance(cbwr, str) and _CBWR.fullmatch(cbwr)):
+        raise RuntimeSettingError(f"runtime.mkl_cbwr={cbwr!r}; allowed: AUTO, COMPATIBLE, SSE4_2, AVX, AVX2, AVX512, "
+                                  "AVX512_E1, AVX10 (optionally ',STRICT') or null")
+    return rt
+
+
+def environment(rt: Mapping[str, Any]) -> dict[str, str]:
+    """Environment variables that make a new process compute as ``rt`` asks."""
+    env: dict[str, str] = {}
+    if rt.get("threads") is not None:
+        n = str(rt["threads"])
+        env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n)
+    if rt.get("cpu_capability") is not None:
+        env["ATEN_CPU_CAPABILITY"] = rt["cpu_capability"]
+    if rt.get("mkl_cbwr") is not None:
+        env["MKL_CBWR"] = rt["mkl_cbwr"]
+    return env
+
+
+def needs_new_process(rt: Mapping[str, Any]) -> bool:
+    """True when this process's environment does not already say what ``rt`` asks for."""
+    return any(os.environ.get(k) != v for k, v in environment(rt).items())
+
+
+def apply(rt: Mapping[str, Any]) -> None:
+    """Check that this process computes as ``rt`` asks (it was started with :func:`environment`)."""
+    import torch
+
+    if rt.get("threads") is not None:
+        torch.set_num_threads(int(rt["threads"]))
+    isa = rt.get("cpu_capability")
+    if isa is not None:
+        got = torch.backends.cpu.get_cpu_capability().lower()
+        if got != isa:
+            raise RuntimeSettingError(f"runtime.cpu_capability={isa!r} but torch runs {got!r} here: "
+                                      f"this CPU ({cpu_model()}) lacks it, or torch was loaded before it was set")
+
+
+_NEEDS_FLAGS = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"}}
+
+
+def supported_capabilities() -> tuple[str, ...]:
+    """The ``cpu_capability`` values this CPU can run ('default' everywhere; avx2/avx512 on x86 with the flags)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return ("default", *(isa for isa, need in _NEEDS_FLAGS.items() if need <= flags))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (e.g. 'AMD EPYC', 'Intel(R) Xeon(R) ...')."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe() -> dict[str, Any]:
+    """What this process computes with: CPU, torch's kernel ISA, threads and the MKL path asked for."""
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability().lower(),
+        "threads": torch.get_num_threads(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
+    }
+
+
+def label(rt: Mapping[str, Any]) -> str:
+    """Short name of a runtime setting, e.g. 'threads=1 cpu_capability=avx2' ('' for the machine's own)."""
+    return " ".join(f"{k}={rt[k]}" for k in KEYS if rt.get(k) is not None)
