@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import COMPRESSED_TYPES, CompressedLinear, SplitLinear, set_submodule
+from .layers import CompressedLinear, SplitLinear, iter_compressed, set_submodule
 
 DENSE_ENGINES = ("torch", "numpy", "mkl")   # dense layers
 SPARSE_ENGINES = ("mkl", "scipy")           # CSR sparse part (+ dense low-rank factors)
@@ -243,14 +243,7 @@ class CPUSplitLinear(nn.Module):
 def target_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The linears an export converts: every compressed module, or (for an uncompressed model) every
     ``nn.Linear`` except the output head (``get_output_embeddings``)."""
-    found: dict[str, nn.Module] = {}
-    inside: tuple[str, ...] = ()
-    for name, m in model.named_modules():
-        if name.startswith(inside):
-            continue
-        if isinstance(m, COMPRESSED_TYPES):
-            found[name] = m
-            inside += (f"{name}.",)
+    found: dict[str, nn.Module] = dict(iter_compressed(model))
     if found:
         return found
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -132,20 +133,32 @@ class SplitLinear(nn.Module):
 COMPRESSED_TYPES = (CompressedLinear, SplitLinear)
 
 
+def iter_compressed(root: nn.Module) -> Iterator[tuple[str, CompressedLinear | SplitLinear]]:
+    """Every outermost compressed module under ``root`` with its path: a :class:`SplitLinear` is
+    yielded as a whole, never its parts. The one walk over compressed modules."""
+    inside: tuple[str, ...] = ()
+    for name, m in root.named_modules():
+        if isinstance(m, COMPRESSED_TYPES) and not (inside and name.startswith(inside)):
+            inside += (f"{name}.",)
+            yield name, m
+
+
+def compressed_linears(m: CompressedLinear | SplitLinear) -> list[CompressedLinear]:
+    """The CompressedLinear(s) a compressed module consists of."""
+    return list(m.parts.values()) if isinstance(m, SplitLinear) else [m]
+
+
 def set_terms(model: nn.Module, sparse: bool = True, lowrank: bool = True) -> None:
     """Switch the sparse and/or low-rank term of every CompressedLinear in ``model`` on or off."""
-    for m in model.modules():
-        if isinstance(m, CompressedLinear):
-            m.use_sparse, m.use_lowrank = sparse, lowrank
+    for _, m in iter_compressed(model):
+        for lin in compressed_linears(m):
+            lin.use_sparse, lin.use_lowrank = sparse, lowrank
 
 
 def merge_all(model: nn.Module) -> nn.Module:
     """Replace every compressed module by its dense nn.Linear, in place."""
-    done: tuple[str, ...] = ()
-    for name, m in list(model.named_modules()):
-        if isinstance(m, COMPRESSED_TYPES) and not name.startswith(done):
-            set_submodule(model, name, m.merge())
-            done += (f"{name}.",)
+    for name, m in list(iter_compressed(model)):
+        set_submodule(model, name, m.merge())
     return model
 
 
@@ -172,14 +185,12 @@ def compressed_state(root: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
     """
     tensors: dict[str, torch.Tensor] = {}
     structure: dict[str, list[str]] = {}
-    inside_split: tuple[str, ...] = ()
-    for name, m in root.named_modules():
+    for name, m in iter_compressed(root):
         if isinstance(m, SplitLinear):
             for part, pm in m.parts.items():
                 tensors.update(_linear_tensors(f"{name}.{part}", pm))
             structure[name] = list(m.parts)
-            inside_split += (f"{name}.",)
-        elif isinstance(m, CompressedLinear) and not name.startswith(inside_split):
+        else:
             tensors.update(_linear_tensors(name, m))
             structure[name] = []
     return tensors, structure
