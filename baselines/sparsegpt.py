@@ -1,9 +1,13 @@
 """SparseGPT (Frantar & Alistarh 2023): OBS pruning with blockwise error propagation."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from oats.budget import LayerBudget
+from oats.registry import Factors, Method, check_param, register
 
 
 class HessianError(RuntimeError):
@@ -93,3 +97,22 @@ def sparsegpt_prune(
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     return W
+
+
+@register
+@dataclass
+class SparseGPT(Method):
+    name: ClassVar[str] = "sparsegpt"
+    needs: ClassVar[tuple[str, ...]] = ("second_moment", "hessian")
+    granularity: ClassVar[str] = "layer"
+    blocksize: int = 128
+    percdamp: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_param(self.name, "blocksize", self.blocksize, isinstance(self.blocksize, int) and self.blocksize >= 1,
+                    "must be a positive integer")
+        check_param(self.name, "percdamp", self.percdamp,
+                    isinstance(self.percdamp, (int, float)) and self.percdamp >= 0, "must be a number >= 0")
+
+    def compress(self, W, stats, budget, name="layer"):
+        return Factors(sparsegpt_prune(W, stats.hessian_matrix(name), budget, self.blocksize, self.percdamp))

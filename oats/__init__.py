@@ -8,63 +8,45 @@ Three lines on a loaded Hugging Face model::
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
+import torch
+from torch import nn
 
-    from .report import CompressionReport
-    from .sequential import OWLConfig
-
-# Public names, imported lazily so that `baselines` (which builds on oats.budget/masks)
-# and `oats.methods` (which calls the baselines) can import each other's modules freely.
-_LAZY = {
-    "NM": "budget", "BudgetError": "budget", "LayerBudget": "budget", "layer_budget": "budget",
-    "parse_nm": "budget", "CompressedLinear": "layers", "SplitLinear": "layers",
-    "load_compressed": "layers", "merge_all": "layers", "save_compressed": "layers", "set_terms": "layers",
-    "METHODS": "methods", "Method": "methods", "get_method": "methods", "CompressionReport": "report",
-    "OWLConfig": "sequential", "compress_model": "sequential",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'oats' has no attribute {name!r}")
+from .allocation import OWLConfig
+from .budget import NM, BudgetError, LayerBudget, layer_budget, parse_nm
+from .layers import CompressedLinear, SplitLinear, load_compressed, merge_all, save_compressed, set_terms
+from .registry import METHODS, Factors, Method, discover, get_method, register
+from .report import CompressionReport
+from .sequential import compress_model
 
 __all__ = [
-    "compress", "compress_model", "get_method", "METHODS", "Method", "OWLConfig", "NM", "parse_nm",
-    "layer_budget", "LayerBudget", "BudgetError", "CompressedLinear", "SplitLinear", "save_compressed",
-    "load_compressed", "merge_all", "set_terms", "CompressionReport",
+    "compress", "compress_model", "get_method", "register", "discover", "METHODS", "Method", "Factors", "OWLConfig",
+    "NM", "parse_nm", "layer_budget", "LayerBudget", "BudgetError", "CompressedLinear", "SplitLinear",
+    "save_compressed", "load_compressed", "merge_all", "set_terms", "CompressionReport",
 ]
 
 
 def compress(
-    model: "nn.Module",
-    calib: "torch.Tensor",
+    model: nn.Module,
+    calib: torch.Tensor,
     method: str = "oats",
     compression: float | None = 0.5,
     nm: str | None = None,
     *,
     device: str = "cpu",
-    owl: "bool | OWLConfig" = False,
+    owl: bool | OWLConfig = False,
     checkpoint_dir: str | Path | None = None,
     batch_size: int = 1,
     offload_activations: bool = False,
     progress: bool = True,
     **method_params,
-) -> "CompressionReport":
-    """Compress ``model`` in place with ``method`` (oats, wanda, sparsegpt, magnitude, lowrank).
+) -> CompressionReport:
+    """Compress ``model`` in place with a registered ``method`` (``oats.discover()`` lists them).
 
     ``method_params`` go to the method (e.g. ``rank_ratio=0.3, iterations=80`` for OATS).
     ``owl=True`` uses OWL's per-block allocation with default settings.
     """
-    from .methods import get_method
-    from .sequential import OWLConfig, compress_model
-
     owl_cfg = OWLConfig() if owl is True else (owl or None)
     return compress_model(
         model, calib, get_method(method, **method_params), compression, nm, device=device, owl=owl_cfg,

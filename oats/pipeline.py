@@ -1,7 +1,8 @@
 """One compression run described by a config: load, calibrate, compress, evaluate, write results.
 
-The Hydra entry point (:mod:`oats.cli`) and the reproduction layer both call
-:func:`run`; nothing here depends on Hydra.
+The Hydra entry point (:mod:`oats.cli`) and the reproduction layer both call :func:`run`;
+nothing here depends on Hydra. The run's task (text or vision, by ``model.kind``) loads the
+model, draws the calibration data and evaluates; the driver compresses.
 """
 from __future__ import annotations
 
@@ -15,15 +16,12 @@ from typing import Any, Mapping
 import torch
 
 from . import runtime
-from .budget import check_compression, parse_nm
+from .config import RunConfig
+from .evaluations import EvalContext
+from .hydra_configs import DENSE
 from .io import atomic_write_json, atomic_write_text
-from .data.calibration import STYLES
-from .methods import get_method
-from .models.loading import DTYPES
-from .sequential import OWLConfig, compress_model, resolve_device
-from baselines.owl import owl_sparsities
-
-DENSE = "dense"  # method name of the uncompressed reference row
+from .layers import save_compressed
+from .sequential import compress_model
 
 PACKAGES = ("torch", "transformers", "safetensors", "hydra-core", "pandas", "lm-eval", "gguf", "oats-repro", "pillow",
             "timm", "torchvision")
@@ -50,166 +48,47 @@ def git_revision() -> str | None:
         return None
 
 
-def build_method(cfg: Mapping[str, Any]):
-    params = {k: v for k, v in dict(cfg).items() if k != "name"}
-    return get_method(cfg["name"], **params)
-
-
-class ConfigError(ValueError):
-    """A config value out of range, named by its key."""
-
-
-def _positive_int(key: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key}={value!r} must be a positive integer{' or null' if allow_none else ''}")
-
-
-def _check_choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r}; allowed: {', '.join(map(str, allowed))}")
-
-
-MODEL_KINDS = ("text", "vision")
-
-
-def is_vision(cfg: Mapping[str, Any]) -> bool:
-    """``model.kind: vision``: an image classifier (ViT, DINOv2, timm), calibrated and evaluated on images."""
-    return cfg["model"].get("kind", "text") == "vision"
-
-
-def validate(cfg: Mapping[str, Any]):
-    """Everything that can be checked before loading a model; returns the method (None for dense).
-
-    Errors name the config key and the allowed values.
-    """
-    resolve_device(cfg.get("device", "cpu"))
-    runtime.settings(cfg.get("runtime"))
-    _check_choice("model.dtype", cfg["model"].get("dtype", "float32"), tuple(DTYPES))
-    _check_choice("model.kind", cfg["model"].get("kind", "text"), MODEL_KINDS)
-    _positive_int("batch_size", cfg.get("batch_size", 1))
-    data = cfg.get("data") or {}
-    ppl = (cfg.get("eval") or {}).get("perplexity")
-    if is_vision(cfg):
-        from .vision.pipeline import check_config
-
-        check_config(cfg)
-    else:
-        _positive_int("data.nsamples", data.get("nsamples"))
-        _positive_int("data.seqlen", data.get("seqlen"))
-        _check_choice("data.style", data.get("style"), STYLES)
-    if ppl:
-        _positive_int("eval.perplexity.seqlen", ppl.get("seqlen"))
-        _positive_int("eval.perplexity.max_windows", ppl.get("max_windows"), allow_none=True)
-    if cfg["method"]["name"] == DENSE:
-        return None
-    method = build_method(cfg["method"])
-    nm = parse_nm(cfg.get("nm"))
-    if nm is None:
-        check_compression(cfg.get("compression"))
-    owl = cfg.get("owl") or {}
-    if owl.get("enabled"):
-        owl_sparsities([0.0, 1.0], cfg.get("compression"), owl.get("lam", 0.08))  # range check
-    return method
-
-
-def _evaluate(model, tokenizer, ecfg: Mapping[str, Any] | None, device, root, progress: bool = True,
-              out_dir: Path | None = None) -> list[dict]:
-    if not ecfg:
-        return []
-    from .vision.data import ImageSpec
-
-    if isinstance(tokenizer, ImageSpec):  # a vision model: ``tokenizer`` is its image preprocessing
-        from .vision.pipeline import evaluate
-
-        return evaluate(model, tokenizer, ecfg, device, root, out_dir, progress)
-    records: list[dict] = []
-    ppl = ecfg.get("perplexity")
-    if ppl:
-        from .eval.perplexity import perplexity
-
-        records.append(perplexity(model, tokenizer, source=ppl.get("source", "wikitext2"), seqlen=ppl["seqlen"],
-                                  max_windows=ppl.get("max_windows"), device=str(device), data_root=root,
-                                  progress=progress))
-    for group in ecfg.get("lm_eval") or []:
-        from .eval.lm_eval_bridge import run_lm_eval
-
-        records += run_lm_eval(model, tokenizer, list(group["tasks"]), num_fewshot=group.get("num_fewshot"),
-                               limit=group.get("limit"), batch_size=group.get("batch_size", 1), device=str(device),
-                               data_root=root)
-    if ecfg.get("speed"):  # CPU inference speed vs the dense equivalent (oats.eval.speed)
-        from .eval.speed import evaluate_speed
-
-        records += evaluate_speed(model, ecfg["speed"], out_dir, progress=progress)
-    return records
-
-
-def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
-    """Run one compression described by ``cfg`` (a plain mapping); write ``result.json`` to ``out_dir``."""
-    from .data.calibration import get_calibration
-    from .models.loading import load_model
-
+def run(cfg: Mapping[str, Any] | RunConfig, out_dir: str | Path) -> dict:
+    """Run one compression described by ``cfg``; write ``result.json`` (and ``layers.csv``) to ``out_dir``."""
+    rc = cfg if isinstance(cfg, RunConfig) else RunConfig.parse(cfg)
+    runtime.apply(rc.runtime)
     out_dir = Path(out_dir)
-    method = validate(cfg)
-    runtime.apply(runtime.settings(cfg.get("runtime")))
-    device = resolve_device(cfg.get("device", "cpu"))
-    root = cfg.get("data_root")
+    root, progress = rc.get("data_root"), rc.get("progress", True)
     timings: dict[str, float] = {}
-    torch.manual_seed(cfg.get("seed", 0))
+    torch.manual_seed(rc.get("seed", 0))
 
-    t = time.perf_counter()
-    if is_vision(cfg):  # ``tokenizer`` is then the model's image preprocessing (an ImageSpec)
-        from .vision import pipeline as vision
-
-        model, tokenizer = vision.load(cfg["model"])
-    else:
-        model, tokenizer = load_model(cfg["model"]["name"], dtype=cfg["model"].get("dtype", "float32"))
-    timings["load_s"] = time.perf_counter() - t
-
-    dense_eval: list[dict] = []
-    if cfg.get("evaluate_dense", False) and method is not None:
+    def timed(key: str, fn, *args, **kwargs):
         t = time.perf_counter()
-        dense_eval = _evaluate(model, tokenizer, cfg.get("eval"), device, root, cfg.get("progress", True))
-        timings["dense_eval_s"] = time.perf_counter() - t
+        out = fn(*args, **kwargs)
+        timings[key] = time.perf_counter() - t
+        return out
+
+    model, processor = timed("load_s", rc.task.load, rc.raw["model"])
+    ecfg = rc.get("eval")
+    dense_eval: list[dict] = []
+    if rc.get("evaluate_dense", False) and rc.method is not None:
+        dense_eval = timed("dense_eval_s", rc.task.evaluate, model, processor, ecfg,
+                           EvalContext(rc.device, root, None, progress))
 
     report, calib = None, None
-    dcfg = cfg["data"]
-    if method is not None:
-        t = time.perf_counter()
-        if is_vision(cfg):
-            calib = vision.calibration(tokenizer, dcfg, root)
-        else:
-            calib = get_calibration(tokenizer, source=dcfg["source"],
-                                    nsamples=dcfg["nsamples"], seqlen=dcfg["seqlen"], style=dcfg["style"],
-                                    seed=dcfg.get("seed"), data_root=root)
-        timings["calibration_data_s"] = time.perf_counter() - t
-        owl = cfg.get("owl") or {}
-        t = time.perf_counter()
-        report = compress_model(
-            model, calib, method, cfg.get("compression"), cfg.get("nm"), device=device,
-            owl=OWLConfig(hyper_m=owl["hyper_m"], lam=owl["lam"]) if owl.get("enabled") else None,
-            checkpoint_dir=out_dir / "checkpoint" if cfg.get("checkpoint", True) else None,
-            batch_size=cfg.get("batch_size", 1), offload_activations=cfg.get("offload_activations", False),
-            progress=cfg.get("progress", True),
-        )
-        timings["compress_s"] = time.perf_counter() - t
+    if rc.method is not None:
+        calib = timed("calibration_data_s", rc.task.calibrate, processor, rc.raw["data"], root)
+        report = timed("compress_s", compress_model, model, calib, rc.method, rc.compression, rc.nm,
+                       device=rc.device, owl=rc.owl,
+                       checkpoint_dir=out_dir / "checkpoint" if rc.get("checkpoint", True) else None,
+                       batch_size=rc.get("batch_size", 1), offload_activations=rc.get("offload_activations", False),
+                       progress=progress)
         print(report.summary())
 
-    t = time.perf_counter()
-    evals = _evaluate(model, tokenizer, cfg.get("eval"), device, root, cfg.get("progress", True), out_dir)
-    timings["eval_s"] = time.perf_counter() - t
-
-    if cfg.get("save_model", False):
-        from .layers import save_compressed
-
+    evals = timed("eval_s", rc.task.evaluate, model, processor, ecfg, EvalContext(rc.device, root, out_dir, progress))
+    if rc.get("save_model", False):
         save_compressed(model, out_dir / "compressed.safetensors")
     if report is not None:
         atomic_write_text(out_dir / "layers.csv", report.to_frame().to_csv(index=False))
     result = {
-        "config": dict(cfg),
-        "method": method.describe() if method else {"name": DENSE},
-        "calibration": {**dict(dcfg), "shape": list(calib.shape)} if calib is not None else None,
+        "config": dict(rc.raw),
+        "method": rc.method.describe() if rc.method else {"name": DENSE},
+        "calibration": {**dict(rc.raw["data"]), "shape": list(calib.shape)} if calib is not None else None,
         "compression": report.totals() if report else None,
         "owl_sparsity": report.owl_sparsity if report else None,
         "metrics": evals,
@@ -217,7 +96,7 @@ def run(cfg: Mapping[str, Any], out_dir: str | Path) -> dict:
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": package_versions(),
         "git": git_revision(),
-        "device": str(device),
+        "device": str(rc.device),
         "runtime": runtime.describe(),
     }
     atomic_write_json(out_dir / "result.json", result)

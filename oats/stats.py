@@ -1,69 +1,119 @@
-"""Calibration statistics of a linear layer's inputs, accumulated in fp32 without storing activations."""
+"""Calibration statistics of each linear layer's inputs, accumulated in fp32 without storing activations.
+
+:data:`STATISTICS` is the registry of what can be accumulated; a method names the ones it needs
+(``Method.needs``) and :func:`collect_stats` gathers them for every linear of a block in the one
+forward pass the driver makes anyway. The second moment is always kept (it reports dead input
+columns).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+from torch import nn
 
-STATISTICS = ("second_moment", "hessian")
+from .capture import run_block
+from .models.adapters import Unit
 
 
 class StatisticsError(ValueError):
     """Calibration statistics that cannot be used (NaN, infinite, empty)."""
 
 
-@dataclass
-class InputStats:
-    """Running statistics of the inputs ``x`` (rows of shape (d_in,)) seen by one layer.
+@dataclass(frozen=True)
+class Statistic:
+    """A running sum over calibration tokens x (rows of shape (d_in,)).
 
-    ``sq_sum``: (d_in,) sum over tokens of x_j^2 (always kept).
-    ``xtx``: (d_in, d_in) sum over tokens of x x^T (only when the Hessian is needed).
+    ``shape(d_in)``: the accumulator's shape. ``update(acc, x)``: add a batch x (tokens, d_in), fp32.
+    """
+
+    name: str
+    shape: Callable[[int], tuple[int, ...]]
+    update: Callable[[torch.Tensor, torch.Tensor], None]
+    what: str
+
+
+STATISTICS: dict[str, Statistic] = {s.name: s for s in (
+    Statistic("second_moment", lambda d: (d,), lambda acc, x: acc.add_(x.square().sum(0)), "sum of x_j^2"),
+    Statistic("hessian", lambda d: (d, d), lambda acc, x: acc.addmm_(x.T, x), "sum of x x^T"),
+)}
+
+
+def check_statistics(names: tuple[str, ...] | list[str]) -> None:
+    unknown = [n for n in names if n not in STATISTICS]
+    if unknown:
+        raise StatisticsError(f"unknown statistic(s) {unknown}; known: {', '.join(STATISTICS)}")
+
+
+@dataclass
+class LayerStats:
+    """Running statistics of the inputs seen by one layer.
+
+    ``sums[name]``: the accumulator of each statistic collected (``second_moment`` always);
+    ``n``: tokens seen.
     """
 
     d_in: int
-    hessian: bool = False
+    needs: tuple[str, ...] = ()
     device: torch.device | str = "cpu"
     n: int = 0
-    sq_sum: torch.Tensor = field(init=False)
-    xtx: torch.Tensor | None = field(init=False)
+    sums: dict[str, torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.sq_sum = torch.zeros(self.d_in, dtype=torch.float32, device=self.device)
-        self.xtx = (
-            torch.zeros(self.d_in, self.d_in, dtype=torch.float32, device=self.device) if self.hessian else None
-        )
+        check_statistics(self.needs)
+        names = ("second_moment", *(s for s in self.needs if s != "second_moment"))
+        self.sums = {s: torch.zeros(STATISTICS[s].shape(self.d_in), dtype=torch.float32, device=self.device)
+                     for s in names}
 
     def add(self, x: torch.Tensor) -> None:
         """Accumulate a batch of inputs x: (..., d_in)."""
-        x = x.detach().reshape(-1, x.shape[-1]).to(device=self.sq_sum.device, dtype=torch.float32)
+        x = x.detach().reshape(-1, x.shape[-1]).to(device=self.sums["second_moment"].device, dtype=torch.float32)
         self.n += x.shape[0]
-        self.sq_sum += x.square().sum(0)
-        if self.xtx is not None:
-            self.xtx.addmm_(x.T, x)
+        for name, acc in self.sums.items():
+            STATISTICS[name].update(acc, x)
 
-    def _require(self, name: str) -> None:
+    def _get(self, stat: str, layer: str) -> torch.Tensor:
+        if stat not in self.sums:
+            raise StatisticsError(f"{layer}: the {stat} statistic was not collected for this method")
         if self.n == 0:
-            raise StatisticsError(f"{name}: no calibration tokens were seen")
-        for label, t in (("second moment", self.sq_sum), ("Hessian", self.xtx)):
-            if t is not None and not torch.isfinite(t).all():
+            raise StatisticsError(f"{layer}: no calibration tokens were seen")
+        for label, t in self.sums.items():
+            if not torch.isfinite(t).all():
                 bad = int((~torch.isfinite(t)).sum())
-                raise StatisticsError(
-                    f"{name}: calibration {label} has {bad} NaN/infinite entries; "
-                    "check the model dtype (fp16 overflow?) and the calibration data"
-                )
+                raise StatisticsError(f"{layer}: calibration {label} has {bad} NaN/infinite entries; "
+                                      "check the model dtype (fp16 overflow?) and the calibration data")
+        return self.sums[stat]
 
     def column_rms(self, name: str = "layer") -> torch.Tensor:
         """D = sqrt(mean over tokens of x_j^2): (d_in,), fp32. Zero for never-active columns."""
-        self._require(name)
-        return (self.sq_sum / self.n).sqrt()
+        return (self._get("second_moment", name) / self.n).sqrt()
 
     def hessian_matrix(self, name: str = "layer") -> torch.Tensor:
         """SparseGPT's H = (2/n) sum x x^T: (d_in, d_in), fp32."""
-        if self.xtx is None:
-            raise StatisticsError(f"{name}: the Hessian was not collected for this method")
-        self._require(name)
-        return self.xtx * (2.0 / self.n)
+        return self._get("hessian", name) * (2.0 / self.n)
 
     def dead_columns(self) -> int:
         """Input columns whose calibration second moment is exactly zero."""
-        return int((self.sq_sum == 0).sum())
+        return int((self.sums["second_moment"] == 0).sum())
+
+
+@torch.no_grad()
+def collect_stats(block: nn.Module, units: list[Unit], inps: torch.Tensor, kw: dict, device: torch.device,
+                  batch_size: int, needs: tuple[str, ...]) -> dict[str, LayerStats]:
+    """One forward pass of ``block`` over ``inps`` (n, tokens, hidden) accumulating the ``needs``
+    statistics of every unit's input; {unit path: LayerStats}. Nothing when ``needs`` is empty."""
+    if not needs:
+        return {}
+    stats: dict[str, LayerStats] = {}
+    handles = []
+    for unit in units:
+        lin = block.get_submodule(unit.path)
+        st = stats[unit.path] = LayerStats(lin.in_features, tuple(needs), device=device)
+        handles.append(lin.register_forward_hook(lambda m, inp, out, st=st: st.add(inp[0])))
+    try:
+        run_block(block, inps, kw, device, batch_size)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats

@@ -6,7 +6,6 @@ standard error, and checks the mean against ``results/expected/NAME.yaml`` (:mod
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -18,6 +17,7 @@ import pandas as pd
 from oats.io import atomic_write_text
 
 from .expected import EXPECTED_DIR, Expected, Ordering, Tolerance, load_expected  # noqa: F401 (re-exported)
+from .store import RunStore
 from .tables import Run, TableSpec
 
 STATUS_MARK = {"pass": "✓", "fail": "✗", "unstable": "~", "unchecked": "", "missing": ""}
@@ -44,16 +44,11 @@ def metric_stderrs(result: dict) -> dict[str, float]:
             if isinstance(r.get("stderr"), (int, float))}
 
 
-def read_result(results_dir: Path, run_id: str) -> dict | None:
-    path = results_dir / "runs" / run_id / "result.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def collect(spec: TableSpec, runs: list[Run], results_dir: Path) -> pd.DataFrame:
     """One line per (run, metric): row, col, rep, metric, value (None if missing), stderr, run_id, cpu."""
-    lines = []
+    lines, store = [], RunStore(results_dir)
     for run in runs:
-        result = read_result(results_dir, run.run_id) or {}
+        result = store.result(run.run_id) or {}
         values, stderrs = metric_values(result), metric_stderrs(result)
         cpu = (result.get("runtime") or {}).get("cpu")
         for metric in spec.metrics:
@@ -236,15 +231,15 @@ def plot(spec: TableSpec, df: pd.DataFrame, out_dir: Path, stem: str | None = No
 def run_figures(spec: TableSpec, runs: list[Run], results_dir: Path, out_dir: Path) -> list[Path]:
     """Copy the figures that runs wrote themselves (metrics carrying a ``figure`` path, e.g. attention
     rollout) to ``out_dir/<table>__<row>__<col>.png``."""
-    paths, seen = [], set()
+    paths, seen, store = [], set(), RunStore(results_dir)
     for run in runs:
         if (run.row, run.col) in seen:  # a cell's repetitions draw the same figure again
             continue
         seen.add((run.row, run.col))
-        result = read_result(results_dir, run.run_id) or {}
+        result = store.result(run.run_id) or {}
         sources = {r["figure"] for r in result.get("metrics") or [] if r.get("figure")}
         for i, src in enumerate(sorted(sources)):
-            src_path = results_dir / "runs" / run.run_id / Path(src).name
+            src_path = store.folder(run.run_id) / Path(src).name
             if not src_path.is_file():
                 continue
             slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{run.row}__{run.col}").strip("_")

@@ -82,13 +82,13 @@ def cases(table: str = TABLE) -> list[tuple[str, str, dict, float | None, str | 
 
 def measure(table: str = TABLE, ulp_seed: int | None = None) -> pd.DataFrame:
     """Long table (row, col, metric, value): one line per (table cell, synthetic layer, metric)."""
-    from oats.pipeline import build_method
-    from oats.stats import InputStats
+    from oats.config import build_method
+    from oats.stats import LayerStats
 
     layers = []
     for name, d_out, d_in in LAYERS:
         W, X = synthetic_layer(d_out, d_in, ulp_seed=ulp_seed)
-        stats = InputStats(d_in, hessian=True)
+        stats = LayerStats(d_in, ("second_moment", "hessian"))
         stats.add(X)
         d = stats.column_rms()
         layers.append((name, W, X, stats, d, X @ W.T, W * d))
@@ -97,7 +97,7 @@ def measure(table: str = TABLE, ulp_seed: int | None = None) -> pd.DataFrame:
         method = build_method(mcfg)
         for name, W, X, stats, d, Y, Wd in layers:
             budget = method.budget(W.shape[0], W.shape[1], compression, nm)
-            W_hat = method.compress(W, stats, budget, name=name).merged_weight().float()
+            W_hat = method.compress(W, stats, budget, name=name).merged().float()
             out_err = float(torch.linalg.norm(Y - X @ W_hat.T) / torch.linalg.norm(Y))
             sc_err = float(torch.linalg.norm((W - W_hat) * d) / torch.linalg.norm(Wd))
             for metric, value in zip(METRICS, (out_err, sc_err)):

@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from oats.pipeline import validate
+from oats.config import RunConfig
 from reproduce.gather import aggregate, check_orderings, collect, plot, run_figures, to_markdown, write_table
 from reproduce.expected import load_expected
 from reproduce.launch import launch_local, launch_slurm
+from reproduce.store import RunStore
 from reproduce.tables import (CONF_DIR, Repeat, TableConfigError, TableSpec, expand, forwarded_overrides,
                               list_tables)
 
@@ -48,7 +49,7 @@ def plan(cfg: DictConfig):
     runs = expand(spec, forwarded_overrides(list(HydraConfig.get().overrides.task)), repeat_of(cfg))
     for run in runs:  # every value checked before any work starts
         try:
-            validate(run.config)
+            RunConfig.parse(run.config)
         except ValueError as e:
             raise TableConfigError(f"table {spec.name}, cell {run.row}|{run.col}: {e}") from None
     return spec, runs
@@ -75,7 +76,8 @@ def reproduce(cfg: DictConfig) -> int:
         return 2
     results_dir = Path(to_absolute_path(cfg.results_dir))
     unique = list({r.run_id: r for r in runs}.values())
-    done = {r.run_id for r in unique if (results_dir / "runs" / r.run_id / "result.json").exists()}
+    store = RunStore(results_dir)
+    done = {r.run_id for r in unique if store.done(r.run_id)}
     pending = unique if cfg.rerun else [r for r in unique if r.run_id not in done]
     print(f"table {spec.name}: {len(runs)} cells, {len(unique)} distinct runs, {len(unique) - len(pending)} done, "
           f"{len(pending)} to run ({cfg.launcher.name})")

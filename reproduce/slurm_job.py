@@ -6,14 +6,14 @@ from pathlib import Path
 
 import submitit
 
+from .execute import execute
+
 
 class RunJob(submitit.helpers.Checkpointable):
     """Runs one table cell. On preemption or timeout submitit calls ``checkpoint`` and requeues
     the same call; the pipeline then resumes from the per-block checkpoint in ``out_dir``."""
 
     def __call__(self, config: dict, out_dir: str, wandb_cfg: dict) -> str:
-        from .launch import execute
-
         env = submitit.JobEnvironment()
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(f"job {env.job_id} (restart {restarts}) -> {out_dir}", flush=True)

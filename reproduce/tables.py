@@ -20,6 +20,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from oats import runtime
+from oats.allocation import DEFAULT_SCORE
+from oats.hydra_configs import DENSE, register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -29,6 +31,9 @@ NON_IDENTITY_KEYS = ("progress", "checkpoint", "save_model", "data_root", "devic
                      "offload_activations", "evaluate_dense")
 # Keys of the reproduce app itself; every other override the user types applies to each run.
 APP_KEYS = ("table", "launcher", "results_dir", "rerun", "wandb", "hydra", "only", "dry_run", "repeat")
+
+
+register_configs()  # Hydra's method group comes from the method registry
 
 
 class TableConfigError(ValueError):
@@ -139,13 +144,19 @@ class Repeat:
 def run_identity(config: Mapping[str, Any]) -> str:
     """Hash of the resolved config, without settings that do not change results.
 
-    The dense reference ignores every compression setting, so it is one run per model/eval. A
-    ``runtime`` block left to the machine (all null) is not part of it.
+    The dense reference ignores every compression setting, so it is one run per model/eval. Left
+    out as well, so that runs made before these settings existed keep their identity: a ``runtime``
+    block left to the machine (all null), OWL's default score, and a model's ``method_params``
+    (per-model method defaults, already resolved into ``method``).
     """
     ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
     if not any((ident.get("runtime") or {}).values()):
         ident.pop("runtime", None)
-    if ident.get("method", {}).get("name") == "dense":
+    if (ident.get("owl") or {}).get("score") == DEFAULT_SCORE:
+        ident["owl"] = {k: v for k, v in ident["owl"].items() if k != "score"}
+    if "method_params" in (ident.get("model") or {}):
+        ident["model"] = {k: v for k, v in ident["model"].items() if k != "method_params"}
+    if ident.get("method", {}).get("name") == DENSE:
         ident = {k: v for k, v in ident.items() if k not in ("compression", "nm", "owl", "data")}
     blob = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

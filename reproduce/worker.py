@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
     wandb_cfg = json.loads(argv[1]) if len(argv) > 1 and argv[1] else None
     config = json.loads((out / "run.json").read_text())["config"]
     try:
-        from .launch import execute_here
+        from .execute import execute_here
 
         execute_here(config, out, wandb_cfg)
     except Exception:  # noqa: BLE001 - the launcher reads the log

@@ -1,12 +1,12 @@
 """Every table/figure config composes and validates; grid expansion, identity, gathering and checking."""
-import dataclasses
 import json
 
 import pytest
 import yaml
 
-from oats.methods import METHODS
-from oats.pipeline import validate
+from oats.hydra_configs import method_nodes
+from oats.registry import discover, parameters
+from oats.config import RunConfig
 from reproduce.gather import Expected, Tolerance, gather, load_expected, metric_values, plot, to_markdown
 from reproduce.tables import (CONF_DIR, TableConfigError, TableSpec, applicable, compose_run, expand,
                               forwarded_overrides, list_tables, run_identity)
@@ -35,15 +35,25 @@ def test_every_table_composes_and_validates(name):
     runs = expand(spec)
     assert runs, name
     for run in runs:
-        validate(run.config)
+        RunConfig.parse(run.config)
     if spec.expected:
         load_expected(spec.expected)  # exists and is well formed
 
 
-def test_any_method_lists_every_method_parameter():
-    any_keys = set(yaml.safe_load((CONF_DIR / "method" / "_any.yaml").read_text())) - {"name"}
-    params = {f.name for cls in METHODS.values() for f in dataclasses.fields(cls)}
-    assert any_keys == params
+def test_method_configs_follow_from_the_registry():
+    """method=NAME composes every registered method with its defaults; _any has every parameter;
+    a model config's method_params set per-model defaults that an explicit override still beats."""
+    for name in discover():
+        cfg = compose_run([f"method={name}"])["method"]
+        assert cfg == {"name": name, **parameters(name)}, name
+    any_keys = set(method_nodes()["_any"]) - {"name"}
+    assert any_keys == {p for name in discover() for p in parameters(name)}
+    per_model = compose_run(["method=oats", "+model.method_params.oats.rank_ratio=0.25"])
+    assert per_model["method"]["rank_ratio"] == 0.25
+    explicit = compose_run(["method=oats", "+model.method_params.oats.rank_ratio=0.25", "method.rank_ratio=0.5"])
+    assert explicit["method"]["rank_ratio"] == 0.5
+    with pytest.raises(Exception, match="nosuch"):
+        compose_run(["method=nosuch"])
 
 
 def test_run_identity_is_a_hash_of_the_resolved_config():
@@ -80,7 +90,7 @@ def test_user_overrides_reach_only_the_runs_that_have_the_key():
 ])
 def test_out_of_range_values_fail_naming_the_key(override, match):
     with pytest.raises(ValueError, match=match):
-        validate(compose_run(["method=oats", override]))
+        RunConfig.parse(compose_run(["method=oats", override]))
 
 
 def test_typos_fail_at_composition():

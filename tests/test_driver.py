@@ -1,5 +1,7 @@
 """The sequential driver end to end on tiny models of each architecture."""
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -10,11 +12,14 @@ import oats
 from baselines.wanda import wanda_prune
 from oats.budget import BudgetError
 from oats.layers import CompressedLinear, SplitLinear, load_compressed, save_compressed
-from oats.methods import get_method
+from oats.registry import Factors, Method, get_method
 from oats.models.adapters import UnsupportedArchitectureError, get_adapter
-from oats.sequential import CheckpointMismatchError, capture_inputs, compress_model, resolve_device, run_block
-from oats.stats import InputStats
-from tiny_models import METHOD_PARAMS, TINY, calib_ids
+from oats.capture import capture_inputs, resolve_device, run_block
+from oats.checkpoint import CheckpointMismatchError
+from oats.sequential import compress_model
+from oats.stats import LayerStats
+from contract import METHOD_PARAMS
+from tiny_models import TINY, calib_ids
 
 
 @pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3"])
@@ -88,7 +93,7 @@ def test_later_blocks_see_compressed_outputs():
     calib = calib_ids()
     oats.compress(model, calib, "wanda", 0.5, progress=False)
     blocks = model.model.layers
-    stats = InputStats(64)
+    stats = LayerStats(64)
     h = blocks[1].self_attn.q_proj.register_forward_pre_hook(lambda m, a: stats.add(a[0]))
     with torch.no_grad():
         for row in calib:
@@ -193,3 +198,93 @@ def test_bad_inputs_fail_before_any_work():
         resolve_device("cuda:3") if not torch.cuda.is_available() else resolve_device("nonsense")
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(type(m) is not CompressedLinear for m in model.modules())
+
+
+# ---------------------------------------------------------------- allocation and the block-level hook
+
+@pytest.mark.parametrize("method", list(METHOD_PARAMS))
+def test_owl_composes_with_every_method(method):
+    report = oats.compress(TINY["llama"](layers=3), calib_ids(), method, 0.5, owl=oats.OWLConfig(lam=0.05),
+                           progress=False, **METHOD_PARAMS[method])
+    sp = report.owl_sparsity
+    assert len(sp) == 3 and sum(sp) / 3 == pytest.approx(0.5) and max(sp) - min(sp) == pytest.approx(0.1)
+    per_block = report.to_frame().groupby("block").apply(lambda d: 1 - d.params.sum() / d.dense_params.sum())
+    assert list(per_block.sort_values().index) == sorted(range(3), key=lambda i: sp[i])
+
+
+def test_owl_takes_a_pluggable_score():
+    wanda = oats.compress(TINY["llama"](layers=3), calib_ids(), "sparsegpt", 0.6, owl=True, progress=False)
+    magnitude = oats.compress(TINY["llama"](layers=3), calib_ids(), "sparsegpt", 0.6,
+                              owl=oats.OWLConfig(score="magnitude"), progress=False)
+    assert magnitude.owl_sparsity != wanda.owl_sparsity
+    assert sum(magnitude.owl_sparsity) / 3 == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="owl.score='sparsegpt'.*magnitude, wanda"):
+        oats.OWLConfig(score="sparsegpt")
+    with pytest.raises(ValueError, match="unknown method 'nosuch'"):
+        oats.OWLConfig(score="nosuch")
+
+
+@dataclass
+class TargetProbe(Method):
+    """A block-level method (test only): Wanda per layer, recording what the driver hands each block."""
+
+    name: ClassVar[str] = "target_probe"
+    needs_targets: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        self.seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def compress(self, W, stats, budget, name="layer"):
+        return Factors(wanda_prune(W, stats.column_rms(name), budget))
+
+    def compress_block(self, job):
+        self.seen.append((job.index, job.inputs.clone(), job.targets.clone()))
+        super().compress_block(job)
+        assert not torch.equal(job.outputs(), job.targets)  # compressed now
+
+
+def dense_block_io(model, calib):
+    """Each block's (inputs, outputs) in the dense model."""
+    blocks = get_adapter(model).blocks(model)
+    io = {i: ([], []) for i in range(len(blocks))}
+
+    def record(i, inputs, output) -> None:  # returns None: the hook must not replace the output
+        io[i][0].append(inputs[0])
+        io[i][1].append(output[0] if isinstance(output, tuple) else output)
+
+    hooks = [b.register_forward_hook(lambda m, a, o, i=i: record(i, a, o)) for i, b in enumerate(blocks)]
+    with torch.no_grad():
+        for row in calib:
+            model(row[None], use_cache=False)
+    for h in hooks:
+        h.remove()
+    return {i: (torch.cat(a), torch.cat(b)) for i, (a, b) in io.items()}
+
+
+def test_block_level_methods_get_the_dense_blocks_outputs(tmp_path, monkeypatch):
+    calib = calib_ids()
+    dense = dense_block_io(TINY["llama"](layers=3), calib)
+    probe = TargetProbe()
+    compress_model(TINY["llama"](layers=3), calib, probe, 0.5, progress=False)
+    assert [i for i, _, _ in probe.seen] == [0, 1, 2]
+    for i, inputs, targets in probe.seen:
+        assert torch.allclose(targets, dense[i][1], atol=1e-5)  # the dense block on the dense stream
+        assert torch.allclose(inputs, dense[i][0], atol=1e-5) == (i == 0)  # later inputs are compressed
+    # a run killed after block 0 resumes with the same dense stream (restored blocks are replayed dense first)
+    crashing = TargetProbe()
+    real = TargetProbe.compress_block
+
+    def crash_at_block_1(self, job):
+        if job.index == 1:
+            raise RuntimeError("killed")
+        real(self, job)
+
+    monkeypatch.setattr(TargetProbe, "compress_block", crash_at_block_1)
+    with pytest.raises(RuntimeError, match="killed"):
+        compress_model(TINY["llama"](layers=3), calib, crashing, 0.5, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.setattr(TargetProbe, "compress_block", real)
+    resumed = TargetProbe()
+    compress_model(TINY["llama"](layers=3), calib, resumed, 0.5, checkpoint_dir=tmp_path, progress=False)
+    assert [i for i, _, _ in resumed.seen] == [1, 2]
+    for (_, inp_a, tgt_a), (_, inp_b, tgt_b) in zip(probe.seen[1:], resumed.seen):
+        assert torch.equal(tgt_a, tgt_b) and torch.equal(inp_a, inp_b)

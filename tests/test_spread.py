@@ -202,12 +202,13 @@ def test_collect_reads_every_repetition(tmp_path):
 def test_a_run_with_a_runtime_runs_in_a_process_that_honours_it(tmp_path):
     """The launcher starts the run in a new process with the runtime's environment; the result
     records what torch actually used."""
-    from reproduce.launch import execute, prepare
+    from reproduce.execute import execute
+    from reproduce.store import RunStore
 
     spec = small_spec()
     run = expand(spec, repeat=Repeat(runtimes=({"threads": 1, "cpu_capability": "default"},)))[1]
     assert run.row == "Wanda"
-    out = prepare(tmp_path, run)
+    out = RunStore(tmp_path).prepare(run)
     result = execute({**run.config, "progress": False}, out)
     assert result["runtime"]["cpu_capability"] == "default" and result["runtime"]["threads"] == 1
     assert json.loads((out / "result.json").read_text())["metrics"]
@@ -220,7 +221,7 @@ def test_oats_factors_do_not_depend_on_the_kernel_isa():
     if len(isas) < 2:
         pytest.skip(f"this CPU runs only {isas}")
     code = ("import hashlib, torch; from reproduce.layer_regression import synthetic_layer; "
-            "from oats.budget import layer_budget; from oats.decompose import oats_decompose; "
+            "from oats.budget import layer_budget; from oats.methods.oats import oats_decompose; "
             "W, X = synthetic_layer(96, 160); d = X.square().mean(0).sqrt(); "
             "dec = oats_decompose(W, d, layer_budget(96, 160, 0.5, 0.3), 10, 'subspace'); "
             "print(hashlib.sha256(dec.sparse.numpy().tobytes() + dec.U.contiguous().numpy().tobytes()).hexdigest())")

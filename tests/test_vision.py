@@ -6,8 +6,8 @@ from torch import nn
 import oats
 from oats.layers import CompressedLinear, SplitLinear
 from oats.models.adapters import UnsupportedArchitectureError, get_adapter
-from oats.sequential import capture_inputs, run_block
-from tiny_models import METHOD_PARAMS
+from oats.capture import capture_inputs, run_block
+from contract import METHOD_PARAMS
 from tiny_vision import TINY_VISION, calib_images, logits
 
 
@@ -236,15 +236,17 @@ def test_pipeline_runs_a_vision_config_end_to_end(tmp_path):
 
 
 def test_vision_config_errors_name_the_key():
-    from oats.pipeline import validate
+    from oats.config import RunConfig
     from reproduce.tables import compose_run
+
+    validate = RunConfig.parse
 
     with pytest.raises(ValueError, match="data.kind=None.*kind: images"):
         validate(compose_run(["model=fmnist-vit", "eval=fmnist", "method=wanda"]))
     with pytest.raises(ValueError, match="eval.rollout.discard_ratio=1.5"):
         validate(compose_run(["model=fmnist-vit", "data=fmnist", "eval=rollout_fmnist", "method=wanda",
                               "eval.rollout.discard_ratio=1.5"]))
-    with pytest.raises(ValueError, match="eval.perplexity / eval.lm_eval are for language models"):
+    with pytest.raises(ValueError, match="eval.perplexity is a text evaluation; a vision model takes: images, rollout"):
         validate(compose_run(["model=fmnist-vit", "data=fmnist", "eval=ppl_quick", "method=wanda"]))
     with pytest.raises(ValueError, match="model.kind='audio'"):
         validate(compose_run(["model=fmnist-vit", "data=fmnist", "eval=fmnist", "model.kind=audio"]))

@@ -38,12 +38,3 @@ TINY = {"llama": tiny_llama, "phi3": tiny_phi3, "gemma3": tiny_gemma3}
 def calib_ids(n: int = 4, seqlen: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (n, seqlen), generator=g)
-
-# Small, fast settings of every method for end-to-end tests on tiny models.
-METHOD_PARAMS = {
-    "oats": dict(rank_ratio=0.3, iterations=4),
-    "wanda": {},
-    "sparsegpt": dict(blocksize=16),
-    "magnitude": {},
-    "lowrank": {},
-}

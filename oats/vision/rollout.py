@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..layers import CompressedLinear, set_terms
+from ..layers import iter_compressed, set_terms
 from ..models.adapters import get_adapter
+from .data import ImageSpec, open_images
 
 HEAD_FUSIONS = ("mean", "max", "min")
 TERMS = {"full": (True, True), "sparse": (True, False), "lowrank": (False, True)}
@@ -120,7 +121,7 @@ def rollout_maps(model: nn.Module, x: torch.Tensor, discard_ratio: float = 0.4, 
 def rollout_three_ways(model: nn.Module, x: torch.Tensor, discard_ratio: float = 0.4, head_fusion: str = "mean",
                        ) -> dict[str, torch.Tensor]:
     """``{"full", "sparse", "lowrank"}`` -> (B, rows, cols) maps of a compressed model (terms restored after)."""
-    if not any(isinstance(m, CompressedLinear) for m in model.modules()):
+    if next(iter_compressed(model), None) is None:
         raise ValueError(f"{type(model).__name__} has no compressed layers: compress it (e.g. with OATS) before "
                          "isolating its sparse and low-rank terms")
     out = {}
@@ -182,3 +183,22 @@ def rollout_figure(images: torch.Tensor, maps: dict[str, torch.Tensor], path: st
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def run_rollout(model: nn.Module, spec: ImageSpec, ro: Mapping[str, Any], out_dir: Path, root=None,
+                title: str = "") -> list[dict]:
+    """Three-way rollout on the first ``ro.images`` images of ``ro.source``; writes ``rollout.png``."""
+    data = open_images(ro["source"], root)
+    n = min(ro.get("images", 4), len(data))
+    x = torch.stack([spec(data[i][0]) for i in range(n)])
+    classes = (getattr(getattr(model, "config", None), "id2label", None) or {})
+    labels = [str(classes.get(data[i][1], data[i][1])) for i in range(n)]
+    ratio, fusion = ro.get("discard_ratio", 0.4), ro.get("head_fusion", "mean")
+    compressed = next(iter_compressed(model), None) is not None
+    # a dense model has one map; a compressed one three (full, sparse term only, low-rank term only)
+    maps = rollout_three_ways(model, x, ratio, fusion) if compressed else {"full": rollout_maps(model, x, ratio, fusion)}
+    path = rollout_figure(x, maps, out_dir / "rollout.png", spec.mean, spec.std, labels,
+                          title=f"{title} attention rollout (heads {fusion}, discard ratio {ratio})".strip())
+    torch.save(maps, out_dir / "rollout_maps.pt")
+    corr = map_correlations(maps) if compressed else {}
+    return [{"task": "rollout", "metric": k, "value": v, "figure": str(path)} for k, v in corr.items()]

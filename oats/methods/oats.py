@@ -1,27 +1,31 @@
-"""OATS: outlier-aware alternating thresholding into sparse + low-rank (pure tensor functions)."""
+"""OATS (Zhang & Papyan, ICLR 2025): outlier-aware alternating thresholding into sparse + low rank.
+
+The maths are pure tensor functions (:func:`oats_decompose`, :class:`TruncatedSVD`); :class:`OATS`
+is the registered method.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from .budget import LayerBudget
-from .masks import budget_mask
+from ..budget import LayerBudget, check_rank_ratio, layer_budget
+from ..masks import budget_mask
+from ..registry import Factors, Method, check_param, register
 
 SVD_SOLVERS = ("full", "subspace")
+THRESHOLDS = ("row", "layer")
 
 
 @dataclass
-class Decomposition:
-    """W_hat = sparse + U @ V.
+class Decomposition(Factors):
+    """W_hat = sparse + U @ V (fp32).
 
     sparse: (d_out, d_in) with pruned entries zero. U: (d_out, r). V: (r, d_in).
     objective: ||D (W - W_hat)||_F after each iteration (D-scaled error; unscaled if scale=False).
     """
 
-    sparse: torch.Tensor
-    U: torch.Tensor
-    V: torch.Tensor
     objective: list[float] = field(default_factory=list)
 
 
@@ -143,3 +147,32 @@ def scaled_error(W: torch.Tensor, W_hat: torch.Tensor, d: torch.Tensor | None) -
     if d is not None:
         diff = diff * d.float()
     return float(torch.linalg.norm(diff))
+
+
+@register
+@dataclass
+class OATS(Method):
+    """OATS with the official defaults: rank ratio 0.3 (0.25 for Phi-3), 80 iterations, row-wise threshold."""
+
+    name: ClassVar[str] = "oats"
+    rank_ratio: float = 0.3  # type: ignore[misc]
+    iterations: int = 80
+    threshold: str = "row"  # "row" (official) or "layer" (ablation)
+    scale: bool = True  # D scaling; False is the ablation
+    svd: str = "subspace"  # "full" is the exact reference (reproduce/bench_solver.py compares them)
+
+    def __post_init__(self) -> None:
+        check_rank_ratio(self.rank_ratio)
+        check_param(self.name, "iterations", self.iterations,
+                    isinstance(self.iterations, int) and self.iterations >= 1, "must be an integer >= 1")
+        check_param(self.name, "threshold", self.threshold, self.threshold in THRESHOLDS,
+                    f"allowed: {', '.join(THRESHOLDS)}")
+        check_param(self.name, "scale", self.scale, isinstance(self.scale, bool), "must be true or false")
+        check_param(self.name, "svd", self.svd, self.svd in SVD_SOLVERS, f"allowed: {', '.join(SVD_SOLVERS)}")
+
+    def budget(self, d_out, d_in, compression, nm):
+        return layer_budget(d_out, d_in, compression, self.rank_ratio, nm, self.threshold)
+
+    def compress(self, W, stats, budget, name="layer"):
+        d = stats.column_rms(name) if self.scale else None
+        return oats_decompose(W, d, budget, self.iterations, self.svd)
