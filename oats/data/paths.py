@@ -12,13 +12,10 @@ same short message naming the path and how to configure it.
 """
 from __future__ import annotations
 
-import functools
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
-__all__ = ["DataNotAvailableError", "data_root", "cache_dir", "data_file", "hub_offline", "hub_reachable"]
+__all__ = ["DataNotAvailableError", "data_root", "cache_dir", "data_file"]
 
 DATA_ROOT_ENV = "OATS_DATA_ROOT"
 CACHE_DIR_ENV = "OATS_CACHE_DIR"
@@ -84,35 +81,3 @@ def data_file(relative: str | Path, root: str | Path | None = None) -> Path:
             f"at the folder that holds {relative}"
         )
     return path
-
-
-def hub_offline() -> bool:
-    """True when the environment asks the Hugging Face libraries not to use the network."""
-    truthy = {"1", "true", "yes", "on"}
-    return any(
-        os.environ.get(var, "").strip().lower() in truthy
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-@functools.lru_cache(maxsize=1)
-def _endpoint_answers(host: str, port: int, timeout: float) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hugging Face hub may be used: not offline and its endpoint answers.
-
-    One TCP connection to ``HF_ENDPOINT`` (default ``https://huggingface.co``) is
-    tried, once per process, so that an unreachable hub costs ``timeout`` seconds
-    instead of the hub clients' retry loops (about 25 s per call).
-    """
-    if hub_offline():
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (80 if url.scheme == "http" else 443)
-    return _endpoint_answers(url.hostname or "huggingface.co", port, timeout)

@@ -2,7 +2,7 @@
 
 Hub access goes through :func:`load_hub_texts`, which fails fast with a
 :class:`~oats.data.paths.DataNotAvailableError` naming the local alternative
-when the hub cannot be used. Local files are read with :func:`read_text`
+when the hub cannot be used (the policy and the message: :mod:`oats.hub`). Local files are read with :func:`read_text`
 (UTF-8, line endings normalised to ``\\n``) and cut into documents at blank lines.
 
 WikiText-2 test (the perplexity text) comes from :func:`wikitext2_test_text`:
@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from .paths import DataNotAvailableError, data_file, hub_offline, hub_reachable
+from ..hub import hub_client_may_run, hub_reachable, not_available_message
+from .paths import DataNotAvailableError, data_file
 
 __all__ = [
     "read_text",
@@ -92,21 +93,16 @@ def load_hub_texts(
         DataNotAvailableError: the hub is unreachable (and the data set is not in
             the local ``datasets`` cache when ``HF_DATASETS_OFFLINE`` is set).
     """
-    label = f"{path}" + (f"/{name}" if name else "") + f" ({split})"
-    if not hub_offline() and not hub_reachable():
-        raise DataNotAvailableError(
-            f"cannot load {label}: the Hugging Face hub is unreachable (set HF_DATASETS_OFFLINE=1 "
-            f"to use a locally cached copy); offline alternative: {local_alternative}"
-        )
+    label = f"data set {path}" + (f"/{name}" if name else "") + f" ({split})"
+    remedy = f"Offline alternative: {local_alternative}."
+    if not hub_client_may_run():  # fail now, not after the client's retry loops
+        raise DataNotAvailableError(not_available_message(label, remedy))
     import datasets  # heavy import, only when the hub is used
 
     try:
         dataset = datasets.load_dataset(path, name, split=split, data_files=data_files)
     except (OSError, ValueError, FileNotFoundError) as exc:  # ConnectionError / DatasetNotFoundError
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataNotAvailableError(
-            f"cannot load {label} ({detail}); offline alternative: {local_alternative}"
-        ) from None
+        raise DataNotAvailableError(not_available_message(label, remedy, error=exc)) from None
     return list(dataset[column])
 
 

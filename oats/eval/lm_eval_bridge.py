@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..data.paths import DataNotAvailableError, hub_offline, hub_reachable
+from ..data.paths import DataNotAvailableError
+from ..hub import hub_client_may_run, not_available_message
 from .tasks.local import (
     LOCAL_TASK_PREFIXES,
     MMLU10_SUBJECTS,
@@ -54,7 +55,7 @@ ZEROSHOT_TASKS = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "winogrande"
 _METRIC_PREFERENCE = ("acc_norm", "acc", "word_perplexity")
 _OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _OFFLINE_HINT = (
-    "offline alternatives: zeroshot_local (piqa_local), mmlu10_local / mmlu_local_<subject>, wikitext_local"
+    "Offline alternatives: zeroshot_local (piqa_local), mmlu10_local / mmlu_local_<subject>, wikitext_local."
 )
 
 
@@ -162,17 +163,13 @@ def _load_tasks(
     unknown = [n for n in hub if n not in manager.all_tasks]
     if unknown:
         raise _unknown_task_error(unknown[0], manager.all_tasks, data_root)
-    if hub and not hub_offline() and not hub_reachable():  # fail now, not after the retry loops
-        raise DataNotAvailableError(
-            f"lm-eval tasks {', '.join(hub)}: the Hugging Face hub is unreachable; {_OFFLINE_HINT}"
-        )
+    what = f"the data of the lm-eval tasks {', '.join(hub)}"
+    if hub and not hub_client_may_run():  # fail now, not after the retry loops
+        raise DataNotAvailableError(not_available_message(what, _OFFLINE_HINT))
     try:
         loaded = manager.load([*configs, *hub])["tasks"]
     except OSError as exc:  # datasets' ConnectionError / offline-mode cache miss
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataNotAvailableError(
-            f"could not load the data of {', '.join(hub)} ({detail}); {_OFFLINE_HINT}"
-        ) from None
+        raise DataNotAvailableError(not_available_message(what, _OFFLINE_HINT, error=exc)) from None
     return loaded, manager
 
 

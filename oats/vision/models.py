@@ -19,8 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..data.paths import hub_offline, hub_reachable
-from ..models.loading import ModelNotAvailableError, resolve_dtype
+from ..models.base import DTYPE_KWARG, ModelNotAvailableError, hub_or_cache, resolve_dtype
 from .data import ImageSpec, read_processor_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,17 +29,11 @@ BUILTIN_VISION = {  # name -> committed model folder
 TIMM_PREFIX = "timm:"
 
 
-def _dtype_kwarg() -> str:
-    from ..models.loading import _DTYPE_KWARG
-
-    return _DTYPE_KWARG
-
-
 def _from_transformers(source: str, dtype: torch.dtype, image_size, **kwargs) -> tuple[nn.Module, ImageSpec]:
     from transformers import AutoModelForImageClassification
     from transformers.utils import cached_file
 
-    model = AutoModelForImageClassification.from_pretrained(source, **{_dtype_kwarg(): dtype}, **kwargs)
+    model = AutoModelForImageClassification.from_pretrained(source, **{DTYPE_KWARG: dtype}, **kwargs)
     if Path(source).is_dir():
         proc = read_processor_config(source)
     else:
@@ -97,18 +90,12 @@ def load_vision_model(name_or_path: str | os.PathLike[str], dtype: str | torch.d
         elif name.startswith(("/", "./", "../", "~")) or name in BUILTIN_VISION:
             raise ModelNotAvailableError(f"no such vision model folder: {path}")
         else:
-            online = hub_reachable()
-            try:
-                model, spec = _from_transformers(name, torch_dtype, image_size, local_files_only=not online)
-            except OSError as exc:
-                reason = ("offline mode is set" if hub_offline() else "the hub is unreachable") if not online \
-                    else "the hub could not provide it"
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelNotAvailableError(
-                    f"vision model {name!r} is not available: no built-in ({', '.join(BUILTIN_VISION)}), no folder, "
-                    f"and {reason} and it is not in the local Hugging Face cache ({detail}). Use 'fmnist-vit', "
-                    f"a model folder, '{TIMM_PREFIX}<name>' with timm, or a hub id with network access."
-                ) from None
+            with hub_or_cache(
+                f"vision model {name!r}",
+                f"Use 'fmnist-vit', a model folder, '{TIMM_PREFIX}<name>' with timm, or a hub id with network access.",
+                checked=f"it is no built-in ({', '.join(BUILTIN_VISION)}) and no folder",
+            ) as local_only:
+                model, spec = _from_transformers(name, torch_dtype, image_size, local_files_only=local_only)
     model.eval()
     return model, spec
 
