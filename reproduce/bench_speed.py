@@ -51,16 +51,15 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # before numpy/torch/MKL load
-        os.environ[k] = str(args.threads)
-    os.environ["KMP_BLOCKTIME"] = "0"
-    os.environ.setdefault("MKL_THREADING_LAYER", "GNU")
     os.environ["NM_DISABLE_ANALYTICS"] = "1"
     sys.path.insert(0, str(REPO))
-    from oats.eval.speed import block_speed, format_report, model_structure_speed, set_thread_env
-    from oats.io import atomic_write_json, atomic_write_text
+    from oats.speed.env import set_thread_env
 
-    set_thread_env(args.threads)
+    set_thread_env(args.threads)  # first: before numpy/torch/MKL load
+    from oats.io import atomic_write_json, atomic_write_text
+    from oats.speed import format_report, model_structure_speed
+    from reproduce.speed_blocks import block_speed
+
     model = None
     for size in args.sizes:
         for c in args.compression:

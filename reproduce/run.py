@@ -29,7 +29,7 @@ from reproduce.tables import (CONF_DIR, Repeat, TableConfigError, TableSpec, exp
 
 NEEDS = {  # capability -> module that provides it (tables may list code arriving in later issues)
     "vision": "oats.vision",
-    "cpu_speed": "oats.eval.speed",
+    "cpu_speed": "oats.speed",
 }
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import oats
-from oats.export import (CPULinear, ExportedLinear, detect_nm, export_linear, export_modules, export_onnx,
-                         mkl_error, mkl_module, sparse_engine, to_engine)
-from oats.eval import speed
 from oats.layers import CompressedLinear
+from oats.speed import (CPULinear, ExportedLinear, detect_nm, evaluate_speed, export_linear, export_modules,
+                        export_onnx, format_report, mkl_error, mkl_module, sparse_engine, to_engine)
+from reproduce import speed_blocks
 from tiny_models import calib_ids, tiny_llama, tiny_phi3
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
@@ -112,27 +112,28 @@ def test_onnx_export_matches_pytorch(oats_llama, tmp_path):
 
 def test_synthetic_layers_have_the_budget():
     rng = np.random.default_rng(0)
-    un = speed.synthetic_linear(64, 96, "unstructured", 0.5, 0.25, rng)
-    oa = speed.synthetic_linear(64, 96, "oats", 0.5, 0.25, rng)
+    un = speed_blocks.synthetic_linear(64, 96, "unstructured", 0.5, 0.25, rng)
+    oa = speed_blocks.synthetic_linear(64, 96, "oats", 0.5, 0.25, rng)
     assert un.rank == 0 and un.nnz == 64 * 48
     assert oa.rank > 0 and abs(oa.params - un.params) < 64  # equal parameter count up to row rounding
     assert np.all(np.diff(oa.sparse.indptr) == oa.nnz // 64)
 
 
 def test_block_forward_agrees_across_engines():
-    blocks = speed.synthetic_blocks(1, "oats", 0.5, 0.25, hidden=64, intermediate=128, kv=16)
+    layer_fn = speed_blocks.layer_fn
+    blocks = speed_blocks.synthetic_blocks(1, "oats", 0.5, 0.25, hidden=64, intermediate=128, kv=16)
     x = np.random.default_rng(1).standard_normal((5, 64), dtype=np.float32)
     dense = [{k: ExportedLinear(s.d_out, s.d_in, weight=s.dense_weight().astype(np.float32)) for k, s in b.items()}
              for b in blocks]
-    ref = speed.block_forward(x, [{k: speed._numpy_fn(s, "numpy") for k, s in b.items()} for b in dense])
-    out = speed.block_forward(x, [{k: speed._numpy_fn(s, sparse_engine()) for k, s in b.items()} for b in blocks])
+    ref = speed_blocks.block_forward(x, [{k: layer_fn(s, "numpy") for k, s in b.items()} for b in dense])
+    out = speed_blocks.block_forward(x, [{k: layer_fn(s, sparse_engine()) for k, s in b.items()} for b in blocks])
     np.testing.assert_allclose(out, ref, atol=1e-3, rtol=1e-3)
 
 
 def test_block_speed_reports_every_engine_and_the_fastest_dense():
     engines = ["inprocess", "onnxruntime", "deepsparse"]
-    r = speed.block_speed(1, 0.5, 0.25, prefill_tokens=8, decode_tokens=2, repeats=2, engines=engines, threads=1,
-                          hidden=64, intermediate=128, kv=16)
+    r = speed_blocks.block_speed(1, 0.5, 0.25, prefill_tokens=8, decode_tokens=2, repeats=2, engines=engines,
+                                 threads=1, hidden=64, intermediate=128, kv=16)
     rows = r["rows"]
     assert {x["variant"] for x in rows} == {"dense", "unstructured", "oats"}
     for phase in ("prefill", "decode"):
@@ -142,7 +143,7 @@ def test_block_speed_reports_every_engine_and_the_fastest_dense():
     assert ("onnxruntime" in {x["engine"] for x in rows}) == HAS_ORT
     if importlib.util.find_spec("deepsparse") is None:
         assert "deepsparse: not installed" in r["notes"]
-    md = speed.format_report(r)
+    md = format_report(r)
     assert "threads:" in md and "torch" in md and "fastest dense" in md
 
 
@@ -150,7 +151,7 @@ def test_pipeline_speed_records(oats_llama, tmp_path):
     scfg = {"prefill_tokens": 8, "decode_tokens": 2, "repeats": 2, "engines": ["inprocess"], "label": "tiny"}
     model = copy.deepcopy(oats_llama)
     before = [type(m).__name__ for m in model.modules()]
-    recs = speed.evaluate_speed(model, scfg, tmp_path)
+    recs = evaluate_speed(model, scfg, tmp_path)
     assert [type(m).__name__ for m in model.modules()] == before  # the model's modules are put back
     got = {r["metric"]: r for r in recs}
     assert {"prefill_speedup", "decode_speedup", "prefill_ideal_speedup"} <= set(got)

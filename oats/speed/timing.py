@@ -1,0 +1,73 @@
+"""The timing harness: every (variant, engine) timed in one process with interleaved repeats.
+
+Each repeat runs every runner once, in a rotated order, so slow drifts of the machine spread over
+all of them. Rows report the median and min-max, tokens/s, the speedup over the **fastest dense
+engine** of the same phase, and the memory-bandwidth-ideal speedup: dense weight bytes / the
+variant's weight bytes (fp32 values + int32 CSR indices + factors), i.e. what a kernel limited only
+by reading its weights would gain.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Callable
+
+
+class Runner:
+    """One (variant, engine) to time: ``prefill()`` and ``decode()`` each return the seconds of their
+    timed section (decode: all ``decode_tokens`` steps); None skips that phase. ``nbytes`` and
+    ``params``: the variant's weight bytes and parameters, for the ideal speedups."""
+
+    def __init__(self, variant: str, engine: str, nbytes: int, params: int,
+                 prefill: Callable[[], float] | None, decode: Callable[[], float] | None) -> None:
+        self.variant, self.engine, self.nbytes, self.params = variant, engine, nbytes, params
+        self.prefill, self.decode = prefill, decode
+
+
+def measure(runners: list[Runner], repeats: int, prefill_tokens: int, decode_tokens: int, warmup: int = 1,
+            progress: bool = False) -> list[dict]:
+    """Interleaved timing of every runner; one row per (variant, engine, phase).
+
+    Row keys: variant, engine, phase, tokens, repeats, median_ms / min_ms / max_ms (prefill: per
+    forward; decode: per token), tokens_per_s, weight_params, weight_bytes, ideal_speedup (CSR int32
+    bytes), ideal_values_speedup (no index cost), and where a dense variant ran, speedup and
+    vs_dense_engine (the fastest dense engine of the phase).
+    """
+    times: dict[tuple[int, str], list[float]] = {}
+    for rep in range(-warmup, repeats):
+        shift = rep % len(runners) if rep >= 0 else 0
+        for i in list(range(shift, len(runners))) + list(range(shift)):
+            r = runners[i]
+            for phase, fn in (("prefill", r.prefill), ("decode", r.decode)):
+                if fn is None:
+                    continue
+                t = fn()
+                if rep >= 0:
+                    times.setdefault((i, phase), []).append(t)
+        if progress:
+            print(f"  repeat {rep + 1}/{repeats}", flush=True)
+    dense_bytes = max((r.nbytes for r in runners if r.variant == "dense"), default=None)
+    dense_params = max((r.params for r in runners if r.variant == "dense"), default=None)
+    rows = []
+    for (i, phase), ts in times.items():
+        r = runners[i]
+        tokens = prefill_tokens if phase == "prefill" else decode_tokens
+        med = statistics.median(ts)
+        rows.append({
+            "variant": r.variant, "engine": r.engine, "phase": phase, "tokens": tokens, "repeats": len(ts),
+            "median_ms": 1e3 * med / (1 if phase == "prefill" else tokens),
+            "min_ms": 1e3 * min(ts) / (1 if phase == "prefill" else tokens),
+            "max_ms": 1e3 * max(ts) / (1 if phase == "prefill" else tokens),
+            "tokens_per_s": tokens / med, "weight_params": r.params, "weight_bytes": r.nbytes,
+            "ideal_speedup": dense_bytes / r.nbytes if dense_bytes else None,  # CSR int32 bytes
+            "ideal_values_speedup": dense_params / r.params if dense_params else None,  # no index cost
+        })
+    for phase in ("prefill", "decode"):
+        dense = [x for x in rows if x["phase"] == phase and x["variant"] == "dense"]
+        if not dense:
+            continue
+        best = min(dense, key=lambda x: x["median_ms"])
+        for x in rows:
+            if x["phase"] == phase:
+                x["speedup"] = best["median_ms"] / x["median_ms"]
+                x["vs_dense_engine"] = best["engine"]
+    return rows
