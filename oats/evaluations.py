@@ -124,8 +124,8 @@ def _lm_eval(model, tokenizer, groups, ctx: EvalContext) -> list[dict]:
 
 @evaluation("speed", "text")
 def _speed(model, tokenizer, section, ctx: EvalContext) -> list[dict]:
-    """CPU inference speed against the dense equivalent (oats.eval.speed)."""
-    from .eval.speed import evaluate_speed
+    """CPU inference speed against the dense equivalent (oats.speed)."""
+    from .speed import evaluate_speed
 
     return evaluate_speed(model, section, ctx.out_dir, progress=ctx.progress)
 

@@ -27,15 +27,12 @@ import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from .budget import NM, LayerBudget, layer_budget
 from .stats import STATISTICS, LayerStats
-
-if TYPE_CHECKING:
-    from .sequential import BlockJob
 
 METHOD_PACKAGES = ("baselines", "oats.methods")  # every module in these packages may register methods
 
@@ -83,11 +80,12 @@ class Method:
         """W: (d_out, d_in) weight -> its compressed factors within ``budget``."""
         raise NotImplementedError(f"method {self.name!r} has no per-layer compress()")
 
-    def compress_block(self, job: "BlockJob") -> None:
+    def compress_block(self, job: Any) -> None:
         """Compress every linear of one block (default: each on its own with :meth:`compress`).
 
-        ``job`` gives the block, its inputs and (with ``needs_targets``) the dense block's outputs;
-        ``job.replace(unit, factors)`` installs a compressed layer. See :class:`oats.sequential.BlockJob`.
+        ``job`` (an :class:`oats.sequential.BlockJob`) gives the block, its inputs and (with
+        ``needs_targets``) the dense block's outputs; ``job.replace(unit, factors)`` installs a
+        compressed layer.
         """
         for unit in job.units:
             job.compress_unit(unit)

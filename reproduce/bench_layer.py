@@ -15,19 +15,13 @@ import time
 
 import torch
 
-from oats.decompose import scaled_error
-from oats.methods import get_method
-from oats.stats import InputStats
+from oats.config import build_method
+from oats.sequential import compress_model
+from oats.stats import LayerStats
+from reproduce.layer_regression import synthetic_layer as seeded_layer
+from reproduce.tables import method_cells
 
-METHODS = [
-    ("magnitude", {}),
-    ("wanda", {}),
-    ("sparsegpt", {}),
-    ("lowrank (plain SVD)", {"name": "lowrank", "scaled": False}),
-    ("lowrank (W*D SVD)", {"name": "lowrank", "scaled": True}),
-    ("oats k=0.3 80it full", {"name": "oats", "rank_ratio": 0.3, "iterations": 80, "svd": "full"}),
-    ("oats k=0.3 80it subspace", {"name": "oats", "rank_ratio": 0.3, "iterations": 80, "svd": "subspace"}),
-]
+TABLE = "bench_methods"  # the methods compared: conf/table/bench_methods.yaml
 
 
 def real_layer(block: int, layer: str, nsamples: int, seqlen: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -51,34 +45,30 @@ def real_layer(block: int, layer: str, nsamples: int, seqlen: int) -> tuple[torc
 
 
 def synthetic_layer(d_out: int = 576, d_in: int = 1536, n: int = 4096) -> tuple[torch.Tensor, torch.Tensor, str]:
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(d_out, d_in, generator=g) / d_in**0.5
-    X = torch.randn(n, d_in // 8, generator=g) @ torch.randn(d_in // 8, d_in, generator=g)
-    X += 0.5 * torch.randn(n, d_in, generator=g)
-    X[:, :8] *= 20.0  # a few outlier features
-    return W, X, f"synthetic {d_out}x{d_in}, {n} correlated input rows with 8 outlier features"
+    W, X = seeded_layer(d_out, d_in, n)
+    return W, X, f"synthetic {d_out}x{d_in} (reproduce/layer_regression.py's seeded layer), {n} input rows"
 
 
 def layer_table(W: torch.Tensor, X: torch.Tensor, compression: float) -> list[dict]:
-    st = InputStats(W.shape[1], hessian=True)
+    st = LayerStats(W.shape[1], ("second_moment", "hessian"))
     st.add(X)
     d = st.column_rms()
     ref = X @ W.T
     rows = []
-    for label, spec in METHODS:
-        spec = dict(spec)
-        method = get_method(spec.pop("name", label), **spec)
+    for label, _, mcfg, _, _ in method_cells(TABLE, [f"compression={compression}"]):
+        method = build_method(mcfg)
         budget = method.budget(*W.shape, compression, None)
         t = time.perf_counter()
         out = method.compress(W, st, budget)
         seconds = time.perf_counter() - t
-        W_hat = out.merged_weight().float()
+        W_hat = out.merged().float()
+        rank = 0 if out.U is None else out.U.shape[1]
         rows.append({
             "method": label,
             "rel_output_error": float(torch.linalg.norm(ref - X @ W_hat.T) / torch.linalg.norm(ref)),
-            "scaled_weight_error": scaled_error(W, W_hat, d) / float(torch.linalg.norm(W * d)),
-            "rank": out.rank,
-            "params": out.num_params(),
+            "scaled_weight_error": float(torch.linalg.norm((W - W_hat) * d) / torch.linalg.norm(W * d)),
+            "rank": rank,
+            "params": int((out.sparse != 0).sum()) + rank * sum(W.shape),
             "seconds": seconds,
         })
     return rows
@@ -89,17 +79,13 @@ def tiny_model_times(compression: float) -> list[dict]:
 
     rows = []
     calib = torch.randint(0, 512, (16, 128), generator=torch.Generator().manual_seed(0))
-    for label, spec in METHODS:
-        spec = dict(spec)
+    for label, _, mcfg, _, _ in method_cells(TABLE, [f"compression={compression}"]):
         torch.manual_seed(0)
         model = LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                                              bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
-        from oats.sequential import compress_model
-
         t = time.perf_counter()
-        report = compress_model(model, calib, get_method(spec.pop("name", label), **spec), compression,
-                                progress=False)
+        report = compress_model(model, calib, build_method(mcfg), compression, progress=False)
         rows.append({"method": label, "seconds": time.perf_counter() - t,
                      "compression": report.totals()["compression"]})
     return rows

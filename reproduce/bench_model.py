@@ -20,17 +20,18 @@ import time
 
 
 def methods(iterations: int) -> list[tuple[str, dict]]:
-    return [("magnitude", {}), ("wanda", {}), ("sparsegpt", {}), ("lowrank", {}),
-            (f"oats (full SVD, {iterations} it)", {"name": "oats", "iterations": iterations, "svd": "full"}),
-            (f"oats (subspace, {iterations} it)", {"name": "oats", "iterations": iterations, "svd": "subspace"})]
+    """(label, method config) of conf/table/bench_methods.yaml's rows, OATS at ``iterations``."""
+    from reproduce.tables import method_cells
+
+    return [(row, mcfg) for row, _, mcfg, _, _ in method_cells("bench_methods", [f"method.iterations={iterations}"])]
 
 
 def child(spec: dict) -> None:
     """Runs in the subprocess: load, calibrate, compress; print one JSON line."""
     import torch
 
+    from oats.config import build_method
     from oats.data.calibration import get_calibration
-    from oats.methods import get_method
     from oats.models.loading import load_model
     from oats.sequential import compress_model
 
@@ -39,8 +40,7 @@ def child(spec: dict) -> None:
     calib = get_calibration(tok, source="wiki_vital_en", nsamples=spec["nsamples"], seqlen=spec["seqlen"],
                             style="concat", seed=42)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    params = dict(spec["method"])
-    method = get_method(params.pop("name"), **params)
+    method = build_method(spec["method"])
     t = time.perf_counter()
     report = compress_model(model, calib, method, 0.5, device=spec.get("device", "cpu"), progress=False)
     seconds = time.perf_counter() - t
@@ -74,8 +74,7 @@ def main() -> None:
     if args.what == "methods":
         print(f"SmolLM2-135M, compression 0.5, calibration {args.nsamples} x {args.seqlen} tokens "
               f"(wiki_vital_en, concat, seed 42), device {args.device}, {args.threads} threads")
-        for label, spec in methods(args.iterations):
-            method = {"name": label, **spec} if "name" not in spec else spec
+        for label, method in methods(args.iterations):
             r = measure({"method": method, "nsamples": args.nsamples, "seqlen": args.seqlen, "device": args.device,
                          "threads": args.threads})
             rows.append({"method": label, **r})

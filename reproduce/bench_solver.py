@@ -20,7 +20,7 @@ import time
 import torch
 
 from oats.budget import layer_budget
-from oats.decompose import TruncatedSVD, oats_decompose
+from oats.methods.oats import TruncatedSVD, oats_decompose
 
 LLAMA3_SHAPES = {"q_proj 4096x4096": (4096, 4096), "k_proj 1024x4096": (1024, 4096),
                  "gate/up 14336x4096": (14336, 4096), "down 4096x14336": (4096, 14336)}
@@ -45,12 +45,12 @@ def synthetic(d_out: int, d_in: int, seed: int = 0) -> tuple[torch.Tensor, torch
 def smollm2_layers(block: int, nsamples: int, seqlen: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from oats.data.calibration import get_calibration
     from oats.models.loading import load_model
-    from oats.stats import InputStats
+    from oats.stats import LayerStats
 
     model, tok = load_model("smollm2-135m")
     calib = get_calibration(tok, source="wiki_vital_en", nsamples=nsamples, seqlen=seqlen, style="concat", seed=42)
     blk = model.model.layers[block]
-    stats = {name: InputStats(blk.get_submodule(name).in_features) for name in SMOLLM2_LAYERS}
+    stats = {name: LayerStats(blk.get_submodule(name).in_features) for name in SMOLLM2_LAYERS}
     hooks = [blk.get_submodule(n).register_forward_hook(lambda m, i, o, st=st: st.add(i[0])) for n, st in stats.items()]
     with torch.no_grad():
         for row in calib:

@@ -65,25 +65,12 @@ def _layer(d_out: int, d_in: int, n: int, seed: int) -> tuple[np.ndarray, np.nda
     return W.astype(np.float32), (X * scale).astype(np.float32)
 
 
-def cases(table: str = TABLE) -> list[tuple[str, str, dict, float | None, str | None]]:
-    """(row, col, method config, compression, nm) of every compressed cell of ``table``."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from reproduce.tables import CONF_DIR, TableSpec, expand
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="reproduce", overrides=[f"table={table}"])
-        spec = TableSpec.from_config(OmegaConf.to_container(cfg.table, resolve=True))
-        runs = expand(spec)
-    return [(r.row, r.col, dict(r.config["method"]), r.config.get("compression"), r.config.get("nm"))
-            for r in runs if r.config["method"]["name"] != "dense"]
-
-
 def measure(table: str = TABLE, ulp_seed: int | None = None) -> pd.DataFrame:
     """Long table (row, col, metric, value): one line per (table cell, synthetic layer, metric)."""
     from oats.config import build_method
     from oats.stats import LayerStats
+
+    from reproduce.tables import method_cells
 
     layers = []
     for name, d_out, d_in in LAYERS:
@@ -93,7 +80,7 @@ def measure(table: str = TABLE, ulp_seed: int | None = None) -> pd.DataFrame:
         d = stats.column_rms()
         layers.append((name, W, X, stats, d, X @ W.T, W * d))
     lines = []
-    for row, col, mcfg, compression, nm in cases(table):
+    for row, col, mcfg, compression, nm in method_cells(table):
         method = build_method(mcfg)
         for name, W, X, stats, d, Y, Wd in layers:
             budget = method.budget(W.shape[0], W.shape[1], compression, nm)

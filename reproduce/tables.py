@@ -162,14 +162,18 @@ def run_identity(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def compose_run(overrides: list[str]) -> dict:
-    """Resolved config of one run: ``conf/compress.yaml`` with ``overrides`` (Hydra syntax)."""
+def _compose(config_name: str, overrides: list[str]) -> dict:
     if GlobalHydra.instance().is_initialized():  # inside the reproduce app: same conf/ search path
-        cfg = compose(config_name="compress", overrides=overrides)
+        cfg = compose(config_name=config_name, overrides=overrides)
     else:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="oats_run"):
-            cfg = compose(config_name="compress", overrides=overrides)
+            cfg = compose(config_name=config_name, overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def compose_run(overrides: list[str]) -> dict:
+    """Resolved config of one run: ``conf/compress.yaml`` with ``overrides`` (Hydra syntax)."""
+    return _compose("compress", overrides)
 
 
 def expand(spec: TableSpec, extra: list[str] | None = None, repeat: Repeat | None = None) -> list[Run]:
@@ -230,3 +234,11 @@ def forwarded_overrides(task_overrides: list[str]) -> list[str]:
 
 def list_tables() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "table").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def method_cells(table: str, extra: list[str] | None = None) -> list[tuple[str, str, dict, float | None, str | None]]:
+    """(row, col, method config, compression, nm) of every compressed cell of ``conf/table/<table>.yaml``
+    (with ``extra`` overrides): the benchmarks and the layer-level regression take their methods from here."""
+    spec = TableSpec.from_config(_compose("reproduce", [f"table={table}"])["table"])
+    return [(r.row, r.col, dict(r.config["method"]), r.config.get("compression"), r.config.get("nm"))
+            for r in expand(spec, extra) if r.config["method"]["name"] != DENSE]

@@ -10,31 +10,16 @@
 * :mod:`.report`: a report as Markdown.
 
 The synthetic Llama-shaped blocks and their ONNX graphs are benchmark code: ``reproduce/speed_blocks.py``.
-
-Names load lazily, so that ``oats.speed.env`` can set the thread variables before numpy and torch load.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-_MODULES = {
-    "env": ("ENGINE_PACKAGES", "THREAD_ENV", "available_engines", "engine_versions", "mkl_error", "mkl_module",
-            "provenance", "set_thread_env", "sparse_engine", "thread_settings"),
-    "export": ("NM_PATTERNS", "ExportedLinear", "detect_nm", "export_linear", "export_modules", "export_onnx",
-               "has_compressed", "rowwise_csr", "target_modules", "weight_bytes", "weight_params"),
-    "engines": ("DENSE_ENGINES", "SPARSE_ENGINES", "CPULinear", "CPUSplitLinear", "build_engine_modules",
-                "engines_here", "swap_modules", "to_engine"),
-    "timing": ("Runner", "measure"),
-    "model": ("evaluate_speed", "model_runners", "model_speed", "model_structure_speed", "speed_records",
-              "structure_like", "time_variants"),
-    "report": ("format_report",),
-}
-_LAZY = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'oats.speed' has no attribute {name!r}")
+from .engines import (DENSE_ENGINES, SPARSE_ENGINES, CPULinear, CPUSplitLinear, build_engine_modules, engines_here,
+                      swap_modules, to_engine)
+from .env import (ENGINE_PACKAGES, THREAD_ENV, available_engines, engine_versions, mkl_error, mkl_module, provenance,
+                  set_thread_env, sparse_engine, thread_settings)
+from .export import (NM_PATTERNS, ExportedLinear, detect_nm, export_linear, export_modules, export_onnx, has_compressed,
+                     rowwise_csr, target_modules, weight_bytes, weight_params)
+from .model import (evaluate_speed, model_runners, model_speed, model_structure_speed, speed_records, structure_like,
+                    time_variants)
+from .report import format_report
+from .timing import Runner, measure

@@ -67,14 +67,17 @@ def available_engines() -> dict[str, bool]:
 def set_thread_env(threads: int) -> None:
     """One thread pool: torch and MKL share GNU OpenMP (``MKL_THREADING_LAYER=GNU``) with ``threads``
     threads, OpenBLAS (numpy) gets the same count but never runs concurrently with them,
-    ``KMP_BLOCKTIME=0`` (no spinning if Intel OpenMP is loaded). Call before numpy/torch/MKL load
-    for the environment variables to take effect everywhere."""
+    ``KMP_BLOCKTIME=0`` (no spinning if Intel OpenMP is loaded). The variables take effect for the
+    libraries loaded later (the MKL package); those already loaded (torch's OpenMP, numpy's
+    OpenBLAS) are set through their own calls and threadpoolctl."""
     os.environ.update(runtime.environment({"threads": threads}))  # OMP_, MKL_, OPENBLAS_NUM_THREADS
     os.environ["KMP_BLOCKTIME"] = "0"
     os.environ.setdefault("MKL_THREADING_LAYER", "GNU")
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
+    threadpool_limits(threads)
     mkl = mkl_module()
     if mkl is not None:
         mkl.mkl_set_num_threads(threads)
