@@ -140,9 +140,12 @@ def run_identity(config: Mapping[str, Any]) -> str:
     """Hash of the resolved config, without settings that do not change results.
 
     The dense reference ignores every compression setting, so it is one run per model/eval. A
-    ``runtime`` block left to the machine (all null) is not part of it.
+    ``runtime`` block left to the machine (all null) is not part of it, nor is the model's
+    ``method_params`` (its values are part of the identity as the resolved ``method.*``).
     """
     ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    if "method_params" in (ident.get("model") or {}):
+        ident["model"] = {k: v for k, v in ident["model"].items() if k != "method_params"}
     if not any((ident.get("runtime") or {}).values()):
         ident.pop("runtime", None)
     if ident.get("method", {}).get("name") == "dense":

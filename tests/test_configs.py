@@ -57,6 +57,15 @@ def test_run_identity_is_a_hash_of_the_resolved_config():
     assert run_identity(d1) == run_identity(d2)
 
 
+def test_oats_rank_ratio_defaults_to_the_models_and_stays_out_of_the_identity_as_method_params():
+    phi3 = compose_run(["model=phi3-mini", "method=oats"])
+    assert phi3["method"]["rank_ratio"] == phi3["model"]["method_params"]["oats"]["rank_ratio"] == 0.25
+    assert compose_run(["model=smollm2-135m", "method=oats"])["method"]["rank_ratio"] == 0.3  # no method_params
+    assert compose_run(["model=phi3-mini", "method=oats", "method.rank_ratio=0.5"])["method"]["rank_ratio"] == 0.5
+    without = {**phi3, "model": {k: v for k, v in phi3["model"].items() if k != "method_params"}}
+    assert run_identity(phi3) == run_identity(without)
+
+
 def test_user_overrides_reach_only_the_runs_that_have_the_key():
     spec = table_spec("smoke")
     extra = forwarded_overrides(["table=smoke", "launcher=slurm", "method.rank_ratio=0.2", "data.nsamples=8"])
