@@ -79,17 +79,20 @@ def build(runs: pd.DataFrame, rule: Rule, source: str, perturbations: list[str])
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table")
-    p.add_argument("--runs", help="per-run CSV (default results/tables/TABLE-machines.runs.csv)")
+    p.add_argument("--runs", action="append", default=[],
+                   help="per-run CSV (default results/tables/TABLE-machines.runs.csv); repeat to add runs made "
+                        "elsewhere, e.g. on another machine (results/spread/)")
     p.add_argument("--k", type=float, default=3.0, help="tolerance = max(k * std, floor)")
     p.add_argument("--floor", action="append", default=[], help="METRIC=rel:X or METRIC=abs:X (one per metric)")
     p.add_argument("--max", action="append", default=[], help="METRIC=rel:X or METRIC=abs:X: wider is unstable")
     p.add_argument("--note", default="", help="settings of the reference runs")
     p.add_argument("--out", default=str(EXPECTED_DIR), help="folder of the expected files")
     args = p.parse_args()
-    path = Path(args.runs or REPO / "results" / "tables" / f"{args.table}-machines.runs.csv")
-    if not path.is_file():
-        raise SystemExit(f"{path} not found: run `python reproduce/run.py table={args.table} repeat=machines` first")
-    runs = pd.read_csv(path, dtype={"col": str, "row": str}, keep_default_na=True)
+    paths = [Path(p) for p in args.runs] or [REPO / "results" / "tables" / f"{args.table}-machines.runs.csv"]
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"{path} not found: run `python reproduce/run.py table={args.table} repeat=machines` first")
+    runs = pd.concat([pd.read_csv(p, dtype={"col": str, "row": str}, comment="#") for p in paths], ignore_index=True)
     rule = Rule(args.k, dict(parse_tolerance("--floor", s) for s in args.floor),
                 dict(parse_tolerance("--max", s) for s in args.max))
     perturbations = sorted({str(r) if isinstance(r, str) else "(this machine's own)" for r in runs.rep})
@@ -100,7 +103,8 @@ def main() -> None:
               + (f"; {args.note}" if args.note else ""))
     doc = build(runs, rule, source, perturbations)
     header = (f"# Reference values of table {args.table!r}: recorded by reproduce/record_expected.py from\n"
-              f"# {path.name}. Tolerance per cell = max(k * std, floor) (rule below); unstable above max.\n")
+              f"# {', '.join(p.name for p in paths)}. Tolerance per cell = max(k * std, floor) (rule below); "
+              "unstable above max.\n")
     out = Path(args.out) / f"{args.table}.yaml"
     atomic_write_text(out, header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     n_unstable = sum(rule.derive(c["metric"], c["value"], Spread(**c["spread"]))[1] for c in doc["cells"])

@@ -2,7 +2,9 @@
 
 A table config (``conf/table/NAME.yaml``) names rows and columns, each a list of
 overrides; the run of cell (row, col) composes ``base + row + col + cell`` and
-then the overrides the user typed. A run's identity is a hash of its resolved
+then the overrides the user typed (``model: NAME`` puts ``model=NAME`` first in
+``base``). Tables that share rows include a base config (``conf/table/_*.yaml``)
+through Hydra's defaults list. A run's identity is a hash of its resolved
 config (never a position in a list), so editing a table never renumbers runs
 and a finished run is never recomputed.
 """
@@ -54,6 +56,7 @@ class TableSpec:
     expected: str | None = None
     plot: dict[str, Any] = field(default_factory=dict)
     needs: str | None = None  # code this table needs that may not exist yet (e.g. "vision", "cpu_speed")
+    model: str | None = None  # the table's model (conf/model/NAME.yaml), when its base rows are shared
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "TableSpec":
@@ -68,13 +71,15 @@ class TableSpec:
         unknown = set(cfg) - known
         if unknown:
             raise TableConfigError(f"table {cfg['name']}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        model = cfg.get("model")
         spec = cls(
-            name=cfg["name"], title=cfg.get("title", cfg["name"]), kind=kind, base=list(cfg.get("base") or []),
+            name=cfg["name"], title=cfg.get("title", cfg["name"]), kind=kind,
+            base=([f"model={model}"] if model else []) + list(cfg.get("base") or []),
             rows={str(k): list(v or []) for k, v in cfg["rows"].items()},
             cols={str(k): list(v or []) for k, v in cfg["cols"].items()},
             metrics=list(cfg["metrics"]), cells={str(k): list(v) for k, v in (cfg.get("cells") or {}).items()},
             skip=[str(s) for s in cfg.get("skip") or []], expected=cfg.get("expected"),
-            plot=dict(cfg.get("plot") or {}), needs=cfg.get("needs"),
+            plot=dict(cfg.get("plot") or {}), needs=cfg.get("needs"), model=model,
         )
         for key in list(spec.cells) + spec.skip:
             row, sep, col = key.partition("|")

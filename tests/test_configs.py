@@ -10,15 +10,7 @@ from oats.config import RunConfig
 from reproduce.gather import Expected, Tolerance, gather, load_expected, metric_values, plot, to_markdown
 from reproduce.tables import (CONF_DIR, TableConfigError, TableSpec, applicable, compose_run, expand,
                               forwarded_overrides, list_tables, run_identity)
-
-
-def table_spec(name: str) -> TableSpec:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="reproduce", overrides=[f"table={name}"])
-    return TableSpec.from_config(OmegaConf.to_container(cfg.table, resolve=True))
+from table_runs import run_table, table_spec
 
 
 def test_the_paper_tables_and_figures_are_listed():
@@ -27,6 +19,16 @@ def test_the_paper_tables_and_figures_are_listed():
         assert {f"{model}_{c}" for c in (30, 40, 50, 60)} <= tables
     assert {"fig1_rank_ratio", "fig1_iterations", "fig2_nm", "vit_accuracy", "cpu_speed", "ablation_dscale",
             "ablation_threshold", "rollout", "smollm2_ci", "smoke"} <= tables
+
+
+def test_a_main_llm_table_states_only_its_own_settings():
+    """Rows and layout come from conf/table/_llm*.yaml; a table file names its model, column, title."""
+    for name in (t for t in list_tables() if t.startswith(("llama3_", "phi3_"))):
+        own = yaml.safe_load((CONF_DIR / "table" / f"{name}.yaml").read_text())
+        assert set(own) == {"defaults", "name", "title", "model", "cols", "expected"}, name
+        spec = table_spec(name)
+        assert spec.base == [f"model={own['model']}", "data=c4", "eval=paper"]
+        assert list(spec.rows)[:3] == ["Dense", "SparseGPT", "Wanda"] and len(spec.rows) in (4, 5)
 
 
 @pytest.mark.parametrize("name", list_tables())
@@ -65,6 +67,15 @@ def test_run_identity_is_a_hash_of_the_resolved_config():
     d1 = compose_run(["method=dense", "compression=0.5"])
     d2 = compose_run(["method=dense", "compression=null", "nm='2:4'"])
     assert run_identity(d1) == run_identity(d2)
+
+
+def test_oats_rank_ratio_defaults_to_the_models_and_stays_out_of_the_identity_as_method_params():
+    phi3 = compose_run(["model=phi3-mini", "method=oats"])
+    assert phi3["method"]["rank_ratio"] == phi3["model"]["method_params"]["oats"]["rank_ratio"] == 0.25
+    assert compose_run(["model=smollm2-135m", "method=oats"])["method"]["rank_ratio"] == 0.3  # no method_params
+    assert compose_run(["model=phi3-mini", "method=oats", "method.rank_ratio=0.5"])["method"]["rank_ratio"] == 0.5
+    without = {**phi3, "model": {k: v for k, v in phi3["model"].items() if k != "method_params"}}
+    assert run_identity(phi3) == run_identity(without)
 
 
 def test_user_overrides_reach_only_the_runs_that_have_the_key():
@@ -177,7 +188,8 @@ def test_metric_values_flattens_records():
 
 def test_smoke_table_runs_gathers_checks_and_resumes(tmp_path):
     """reproduce/run.py end to end on the tiny random Llama: every cell checked, a second call reruns nothing."""
-    from table_runs import run_table
+    runs = expand(table_spec("smoke"))
+    distinct = len({r.run_id for r in runs})  # fewer than the cells: the Dense row's cells share one run
 
     def run(*extra):
         return run_table("smoke", tmp_path, "progress=false", "wandb.mode=disabled", *extra, timeout=600)
@@ -187,6 +199,6 @@ def test_smoke_table_runs_gathers_checks_and_resumes(tmp_path):
     table = (tmp_path / "tables" / "smoke.csv").read_text()
     assert "fail" not in table and "missing" not in table
     listing = run("dry_run=true")
-    assert listing.returncode == 0 and "10 done, 0 to run" in listing.stdout
+    assert listing.returncode == 0 and f"{distinct} done, 0 to run" in listing.stdout
     cells = [line for line in listing.stdout.splitlines() if " | " in line]
-    assert len(cells) == 11 and all(" done " in line for line in cells)  # the shared Dense run too
+    assert len(cells) == len(runs) and all(" done " in line for line in cells)  # the shared Dense run too
