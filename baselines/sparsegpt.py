@@ -14,7 +14,7 @@ class HessianError(RuntimeError):
     """The damped Hessian could not be factorised."""
 
 
-def _inverse_cholesky(H: torch.Tensor, percdamp: float, max_tries: int = 6) -> tuple[torch.Tensor, float]:
+def inverse_cholesky(H: torch.Tensor, percdamp: float, max_tries: int = 6) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor of (H + damp I)^-1, raising damping x10 if H is not positive definite."""
     mean_diag = torch.mean(torch.diag(H))
     eye = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
@@ -65,7 +65,7 @@ def sparsegpt_prune(
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    Hinv, _ = _inverse_cholesky(H, percdamp)
+    Hinv, _ = inverse_cholesky(H, percdamp)
     keep = _keep_per_block(budget, d_in, blocksize) if nm is None else None
 
     for bi, i1 in enumerate(range(0, d_in, blocksize)):

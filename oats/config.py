@@ -50,6 +50,7 @@ class RunConfig:
         rt = runtime.settings(cfg.get("runtime"))
         model = cfg["model"]
         check_choice("model.dtype", model.get("dtype", "float32"), tuple(DTYPES))
+        check_choice("model.bos_per_window", model.get("bos_per_window", False), (False, True))
         task = get_task(model.get("kind", "text"))
         positive_int("batch_size", cfg.get("batch_size", 1))
         task.check(cfg)

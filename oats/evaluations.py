@@ -40,6 +40,7 @@ class EvalContext:
     out_dir: Path | None = None
     progress: bool = True
     title: str = ""
+    bos_per_window: bool = False  # the model wants BOS at the start of every sequence (model.bos_per_window)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _perplexity(model, tokenizer, section, ctx: EvalContext) -> list[dict]:
 
     return [perplexity(model, tokenizer, source=section.get("source", "wikitext2"), seqlen=section["seqlen"],
                        max_windows=section.get("max_windows"), device=str(ctx.device), data_root=ctx.data_root,
-                       progress=ctx.progress)]
+                       progress=ctx.progress, bos_per_window=ctx.bos_per_window)]
 
 
 def _check_lm_eval(groups: Any) -> None:
@@ -118,7 +119,7 @@ def _lm_eval(model, tokenizer, groups, ctx: EvalContext) -> list[dict]:
     for group in groups:
         records += run_lm_eval(model, tokenizer, list(group["tasks"]), num_fewshot=group.get("num_fewshot"),
                                limit=group.get("limit"), batch_size=group.get("batch_size", 1), device=str(ctx.device),
-                               data_root=ctx.data_root)
+                               data_root=ctx.data_root, bos_per_window=ctx.bos_per_window)
     return records
 
 

@@ -48,6 +48,14 @@ def git_revision() -> str | None:
         return None
 
 
+def _bos_share(calib: torch.Tensor, processor: Any) -> dict:
+    """For token calibration: the share of sequences that start with the tokenizer's BOS token."""
+    bos = getattr(processor, "bos_token_id", None)
+    if calib.is_floating_point() or bos is None:
+        return {}
+    return {"starts_with_bos": float((calib[:, 0] == bos).float().mean())}
+
+
 def run(cfg: Mapping[str, Any] | RunConfig, out_dir: str | Path) -> dict:
     """Run one compression described by ``cfg``; write ``result.json`` (and ``layers.csv``) to ``out_dir``."""
     rc = cfg if isinstance(cfg, RunConfig) else RunConfig.parse(cfg)
@@ -63,16 +71,18 @@ def run(cfg: Mapping[str, Any] | RunConfig, out_dir: str | Path) -> dict:
         timings[key] = time.perf_counter() - t
         return out
 
-    model, processor = timed("load_s", rc.task.load, rc.raw["model"])
+    mcfg = rc.raw["model"]
+    model, processor = timed("load_s", rc.task.load, mcfg)
     ecfg = rc.get("eval")
+    bos = bool(mcfg.get("bos_per_window", False))
     dense_eval: list[dict] = []
     if rc.get("evaluate_dense", False) and rc.method is not None:
         dense_eval = timed("dense_eval_s", rc.task.evaluate, model, processor, ecfg,
-                           EvalContext(rc.device, root, None, progress))
+                           EvalContext(rc.device, root, None, progress, bos_per_window=bos))
 
     report, calib = None, None
     if rc.method is not None:
-        calib = timed("calibration_data_s", rc.task.calibrate, processor, rc.raw["data"], root)
+        calib = timed("calibration_data_s", rc.task.calibrate, processor, rc.raw["data"], root, mcfg)
         report = timed("compress_s", compress_model, model, calib, rc.method, rc.compression, rc.nm,
                        device=rc.device, owl=rc.owl,
                        checkpoint_dir=out_dir / "checkpoint" if rc.get("checkpoint", True) else None,
@@ -80,7 +90,8 @@ def run(cfg: Mapping[str, Any] | RunConfig, out_dir: str | Path) -> dict:
                        progress=progress)
         print(report.summary())
 
-    evals = timed("eval_s", rc.task.evaluate, model, processor, ecfg, EvalContext(rc.device, root, out_dir, progress))
+    evals = timed("eval_s", rc.task.evaluate, model, processor, ecfg,
+                  EvalContext(rc.device, root, out_dir, progress, bos_per_window=bos))
     if rc.get("save_model", False):
         save_compressed(model, out_dir / "compressed.safetensors")
     if report is not None:
@@ -88,7 +99,8 @@ def run(cfg: Mapping[str, Any] | RunConfig, out_dir: str | Path) -> dict:
     result = {
         "config": dict(rc.raw),
         "method": rc.method.describe() if rc.method else {"name": DENSE},
-        "calibration": {**dict(rc.raw["data"]), "shape": list(calib.shape)} if calib is not None else None,
+        "calibration": {**dict(rc.raw["data"]), "shape": list(calib.shape),
+                        **_bos_share(calib, processor)} if calib is not None else None,
         "compression": report.totals() if report else None,
         "owl_sparsity": report.owl_sparsity if report else None,
         "metrics": evals,

@@ -13,7 +13,8 @@ functions and a :class:`Method` subclass registered with :func:`register`::
             return Factors(wanda_prune(W, stats.column_rms(name), budget))
 
 The dataclass fields are the method's parameters (their defaults are the official ones); ``needs``
-names the input statistics (:data:`oats.stats.STATISTICS`) the driver collects for it. The driver
+names the input statistics (:data:`oats.stats.STATISTICS`) the driver collects for it (a property
+when it depends on the parameters). The driver
 turns the returned :class:`Factors` into a :class:`~oats.layers.CompressedLinear` (it owns bias and
 dtype). A method that must see a whole block (e.g. to match the dense block's outputs) sets
 ``needs_targets`` and overrides :meth:`Method.compress_block`.
@@ -32,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 from .budget import NM, LayerBudget, layer_budget
-from .stats import STATISTICS, LayerStats
+from .stats import LayerStats, check_statistics
 
 METHOD_PACKAGES = ("baselines", "oats.methods")  # every module in these packages may register methods
 
@@ -104,9 +105,8 @@ def register(cls: type[Method]) -> type[Method]:
     other = METHODS.get(cls.name)
     if other is not None and other.__qualname__ != cls.__qualname__:
         raise ValueError(f"method name {cls.name!r} is registered twice: {other.__module__}, {cls.__module__}")
-    unknown = [s for s in cls.needs if s not in STATISTICS]
-    if unknown:
-        raise ValueError(f"method {cls.name!r} needs unknown statistic(s) {unknown}; known: {', '.join(STATISTICS)}")
+    if isinstance(cls.needs, tuple):  # else a property of the parameters, checked by get_method
+        check_statistics(cls.needs)
     METHODS[cls.name] = cls
     return cls
 
@@ -147,7 +147,9 @@ def get_method(name: str, **params: Any) -> Method:
     if unknown:
         raise UnknownMethodError(
             f"method {name!r} has no parameter(s) {sorted(unknown)}; its parameters: {sorted(allowed) or 'none'}")
-    return cls(**params)
+    method = cls(**params)
+    check_statistics(method.needs)
+    return method
 
 
 def check_param(method: str, key: str, value: Any, ok: bool, allowed: str) -> None:

@@ -23,9 +23,10 @@ class StatisticsError(ValueError):
 
 @dataclass(frozen=True)
 class Statistic:
-    """A running sum over calibration tokens x (rows of shape (d_in,)).
+    """A running sum over calibration inputs.
 
-    ``shape(d_in)``: the accumulator's shape. ``update(acc, x)``: add a batch x (tokens, d_in), fp32.
+    ``shape(d_in)``: the accumulator's shape. ``update(acc, x)``: add a batch x (samples, tokens, d_in),
+    fp32 (a sample is one calibration sequence or image).
     """
 
     name: str
@@ -34,9 +35,22 @@ class Statistic:
     what: str
 
 
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+def _add_hessian(acc: torch.Tensor, x: torch.Tensor) -> None:
+    t = _tokens(x)
+    acc.addmm_(t.T, t)
+
+
 STATISTICS: dict[str, Statistic] = {s.name: s for s in (
-    Statistic("second_moment", lambda d: (d,), lambda acc, x: acc.add_(x.square().sum(0)), "sum of x_j^2"),
-    Statistic("hessian", lambda d: (d, d), lambda acc, x: acc.addmm_(x.T, x), "sum of x x^T"),
+    Statistic("second_moment", lambda d: (d,), lambda acc, x: acc.add_(_tokens(x).square().sum(0)), "sum of x_j^2"),
+    Statistic("hessian", lambda d: (d, d), _add_hessian, "sum of x x^T"),
+    Statistic("mean", lambda d: (d,), lambda acc, x: acc.add_(_tokens(x).sum(0)), "sum of x_j"),
+    Statistic("variance", lambda d: (d,),
+              lambda acc, x: acc.add_((x.var(dim=1, unbiased=False) * x.shape[1]).sum(0)),
+              "sum over samples of tokens x (within-sample variance of x_j)"),
 )}
 
 
@@ -51,13 +65,14 @@ class LayerStats:
     """Running statistics of the inputs seen by one layer.
 
     ``sums[name]``: the accumulator of each statistic collected (``second_moment`` always);
-    ``n``: tokens seen.
+    ``n``: tokens seen; ``samples``: calibration samples (sequences, images) seen.
     """
 
     d_in: int
     needs: tuple[str, ...] = ()
     device: torch.device | str = "cpu"
     n: int = 0
+    samples: int = 0
     sums: dict[str, torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,9 +82,11 @@ class LayerStats:
                      for s in names}
 
     def add(self, x: torch.Tensor) -> None:
-        """Accumulate a batch of inputs x: (..., d_in)."""
-        x = x.detach().reshape(-1, x.shape[-1]).to(device=self.sums["second_moment"].device, dtype=torch.float32)
-        self.n += x.shape[0]
+        """Accumulate a batch of inputs x: (samples, tokens, d_in), or (tokens, d_in) for one sample."""
+        x = x.detach().to(device=self.sums["second_moment"].device, dtype=torch.float32)
+        x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x.unsqueeze(0)
+        self.n += x.shape[0] * x.shape[1]
+        self.samples += x.shape[0]
         for name, acc in self.sums.items():
             STATISTICS[name].update(acc, x)
 
@@ -92,6 +109,14 @@ class LayerStats:
     def hessian_matrix(self, name: str = "layer") -> torch.Tensor:
         """SparseGPT's H = (2/n) sum x x^T: (d_in, d_in), fp32."""
         return self._get("hessian", name) * (2.0 / self.n)
+
+    def column_sum_per_sample(self, name: str = "layer") -> torch.Tensor:
+        """sum over tokens of x_j, averaged over samples: (d_in,), fp32 (DSnoT's signed input statistic)."""
+        return self._get("mean", name) / self.samples
+
+    def column_variance(self, name: str = "layer") -> torch.Tensor:
+        """Variance of x_j within a sample, averaged over samples (token-weighted): (d_in,), fp32."""
+        return self._get("variance", name) / self.n
 
     def dead_columns(self) -> int:
         """Input columns whose calibration second moment is exactly zero."""

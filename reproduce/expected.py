@@ -61,7 +61,8 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class Spread:
-    """A cell measured over several runs (repeat=machines): std (ddof 1), min, max, number of runs."""
+    """A cell measured over several runs (repeat=machines): std (ddof 1), min, max (NaN when a published
+    value gives its std only), number of runs."""
 
     std: float
     min: float
@@ -168,7 +169,8 @@ def load_expected(name: str | None, directory: Path = EXPECTED_DIR) -> Expected:
             exp.cell_tolerances[key] = Tolerance.parse(cell["tolerance"], f"cell {key} in {path}")
         if cell.get("spread") is not None:
             sp = cell["spread"]
-            exp.spreads[key] = Spread(float(sp["std"]), float(sp["min"]), float(sp["max"]), int(sp["n"]))
+            bound = {b: math.nan if sp.get(b) is None else float(sp[b]) for b in ("min", "max")}  # published: std only
+            exp.spreads[key] = Spread(float(sp["std"]), bound["min"], bound["max"], int(sp["n"]))
         has_rule = rule is not None and key in exp.spreads and cell["metric"] in rule.floor
         if key not in exp.cell_tolerances and not has_rule and cell["metric"] not in tolerances:
             raise ValueError(f"{path}: no tolerance for metric {cell['metric']!r} (cell {key})")

@@ -16,7 +16,7 @@ import pandas as pd
 
 from oats.io import atomic_write_text
 
-from .expected import EXPECTED_DIR, Expected, Ordering, Tolerance, load_expected  # noqa: F401 (re-exported)
+from .expected import Expected
 from .store import RunStore
 from .tables import Run, TableSpec
 

@@ -7,7 +7,9 @@ import yaml
 from oats.hydra_configs import method_nodes
 from oats.registry import discover, parameters
 from oats.config import RunConfig
-from reproduce.gather import Expected, Tolerance, gather, load_expected, metric_values, plot, to_markdown
+from reproduce.expected import Expected, Tolerance, load_expected
+from reproduce.gather import gather, metric_values, plot, to_markdown
+from reproduce.store import RunStore
 from reproduce.tables import (CONF_DIR, TableConfigError, TableSpec, applicable, compose_run, expand,
                               forwarded_overrides, list_tables, run_identity)
 from table_runs import run_table, table_spec
@@ -128,7 +130,7 @@ def test_gather_checks_cells_against_expected(tmp_path):
     values = {("Wanda", "50%"): (20.0, 0.60), ("OATS", "50%"): (18.0, 0.62), ("Wanda", "60%"): (40.0, 0.55)}
     for run in runs:
         if (run.row, run.col) in values:
-            out = tmp_path / "runs" / run.run_id
+            out = RunStore(tmp_path).folder(run.run_id)
             out.mkdir(parents=True)
             (out / "result.json").write_text(json.dumps(fake_result(*values[(run.row, run.col)])))
     expected = Expected(
@@ -202,3 +204,15 @@ def test_smoke_table_runs_gathers_checks_and_resumes(tmp_path):
     assert listing.returncode == 0 and f"{distinct} done, 0 to run" in listing.stdout
     cells = [line for line in listing.stdout.splitlines() if " | " in line]
     assert len(cells) == len(runs) and all(" done " in line for line in cells)  # the shared Dense run too
+
+
+def test_published_llama3_cells_are_sourced_and_listed():
+    """Every cell of llama3_alps has a published expected value with its source; DSnoT is in every main table."""
+    spec = table_spec("llama3_alps")
+    expected = load_expected(spec.expected)
+    cells = {(run.row, run.col, metric) for run in expand(spec) for metric in spec.metrics}
+    assert cells == set(expected.cells) and len(cells) == 28
+    assert all("ALPS" in source for _, source in expected.cells.values())
+    assert expected.judge(("Wanda", "70%", "wikitext2/token_perplexity"))[0].rel == pytest.approx(3 * 3.1 / 116.8)
+    for name in ("llama3_30", "llama3_60", "phi3_mini_50", "llama3_70b_40"):
+        assert "DSnoT" in table_spec(name).rows

@@ -168,3 +168,14 @@ def test_calibration_sources_offline(tokenizer, data_root):
         get_calibration(tokenizer, "pile", 2, 16)
     corpus = load_calibration_corpus("calib/wiki_vital_en.txt", data_root)  # relative to the data root
     assert len(corpus.documents) > 10_000 and corpus.origin.startswith("local:")
+
+
+@pytest.mark.parametrize("style", ["windows", "concat"])
+def test_calibration_with_bos_on_every_sequence(tokenizer, data_root, style):
+    plain = get_calibration(tokenizer, source="wiki_vital_en", nsamples=4, seqlen=64, style=style, seed=1,
+                            data_root=data_root)
+    ids = get_calibration(tokenizer, source="wiki_vital_en", nsamples=4, seqlen=64, style=style, seed=1,
+                          data_root=data_root, bos_per_window=True)
+    assert ids.shape == (4, 64) and (ids[:, 0] == tokenizer.bos_token_id).all()
+    moved = plain[:, 0] != tokenizer.bos_token_id
+    assert torch.equal(ids[moved, 1:], plain[moved, :-1]) and torch.equal(ids[~moved], plain[~moved])

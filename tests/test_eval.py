@@ -155,3 +155,28 @@ def test_hub_names_offline(tiny, tokenizer, data_root):
         run_lm_eval(tiny, tokenizer, ["piqa_locl"], data_root=data_root)
     with pytest.raises(DataNotAvailableError, match="zeroshot_local"):
         run_lm_eval(tiny, tokenizer, ["zeroshot"], data_root=data_root)
+
+
+def test_perplexity_with_bos_on_every_window(tiny, tokenizer, data_root):
+    """Gemma-style evaluation: each window is BOS + seqlen - 1 text tokens, and the record says so."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, ids):
+            seen.append(ids.clone())
+            return self.inner(ids)
+
+    plain = perplexity(tiny, tokenizer, seqlen=32, max_windows=3, data_root=data_root, progress=False)
+    record = perplexity(Spy(tiny), tokenizer, seqlen=32, max_windows=3, data_root=data_root, progress=False,
+                        bos_per_window=True)
+    windows = torch.cat(seen)
+    assert windows.shape == (3, 32) and (windows[:, 0] == tokenizer.bos_token_id).all()
+    text_ids = tokenizer(wikitext2_test_text("auto", data_root)[0], add_special_tokens=False,
+                         return_tensors="pt").input_ids[0]
+    assert torch.equal(windows[:, 1:].reshape(-1), text_ids[: 3 * 31])
+    assert record["bos"] == "every window" and plain["bos"].startswith("as the tokenizer")
+    assert record["n_tokens"] == 3 * 31 and record["value"] != plain["value"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from reproduce.store import RunStore
 from reproduce.tables import TableSpec, expand
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,8 @@ def test_smoke_table_on_slurm_with_failure_and_requeue(cluster, tmp_path):
     results = tmp_path / "results"
     spec = TableSpec.from_config(__import__("yaml").safe_load(TABLE))
     runs = {r.row: r for r in expand(spec)}
-    long_dir = results / "runs" / runs["Long"].run_id
+    store = RunStore(results)
+    long_dir = store.folder(runs["Long"].run_id)
 
     requeued: dict = {}
     stop = threading.Event()
@@ -107,8 +109,8 @@ def test_smoke_table_on_slurm_with_failure_and_requeue(cluster, tmp_path):
     assert "FAILED run" in out and "Broken" in out and "log:" in out and "ModelNotAvailableError" in out
     assert "jobs:" in out  # job states were shown while waiting
     for row in ("Wanda", "OATS", "Long"):
-        assert (results / "runs" / runs[row].run_id / "result.json").exists(), row
-    assert not (results / "runs" / runs["Broken"].run_id / "result.json").exists()
+        assert store.done(runs[row].run_id), row
+    assert not store.done(runs["Broken"].run_id)
     table = (results / "tables" / "smoke_slurm.csv").read_text()
     assert table.count("missing") == 1
 

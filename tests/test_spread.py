@@ -12,6 +12,7 @@ from oats import runtime
 from reproduce.expected import Expected, Ordering, Rule, Spread, Tolerance, load_expected, robust_orderings
 from reproduce.gather import aggregate, check_orderings, collect, plot, to_markdown
 from reproduce.record_expected import build
+from reproduce.store import RunStore
 from reproduce.tables import REPO, Repeat, TableConfigError, TableSpec, compose_run, expand, run_identity
 
 PPL, ACC = "wikitext2/token_perplexity", "piqa_local/acc_norm"
@@ -187,7 +188,7 @@ def test_collect_reads_every_repetition(tmp_path):
     spec = small_spec()
     runs = expand(spec, repeat=Repeat(runtimes=({}, {"threads": 1})))
     for i, run in enumerate(runs):
-        out = tmp_path / "runs" / run.run_id
+        out = RunStore(tmp_path).folder(run.run_id)
         out.mkdir(parents=True)
         (out / "result.json").write_text(json.dumps({"metrics": [{"task": "wikitext2", "metric": "token_perplexity",
                                                                   "value": 10.0 + i}], "runtime": {"cpu": "TestCPU"}}))

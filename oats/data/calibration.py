@@ -211,6 +211,7 @@ def get_calibration(
     style: str = "windows",
     seed: int | None = None,
     data_root: str | Path | None = None,
+    bos_per_window: bool = False,
 ) -> torch.Tensor:
     """Calibration token ids of shape ``(nsamples, seqlen)`` (dtype ``torch.long``).
 
@@ -222,6 +223,8 @@ def get_calibration(
         style: ``"windows"`` (Wanda / SparseGPT) or ``"concat"`` (official OATS).
         seed: RNG seed; ``None`` means the style's reference default (0 / 42).
         data_root: data root override for local sources.
+        bos_per_window: every sequence starts with the tokenizer's BOS token (it is put in front,
+            and the last token dropped, where the sampled sequence does not already start with it).
 
     Raises:
         ValueError: bad ``nsamples`` / ``seqlen`` / ``style``, or too little text.
@@ -237,5 +240,11 @@ def get_calibration(
     seed = DEFAULT_SEEDS[style] if seed is None else seed
     sample = _windows if style == "windows" else _concat
     ids = sample(tokenizer, corpus, nsamples, seqlen, seed).long()
+    if bos_per_window:
+        from ..eval.perplexity import require_bos
+
+        bos = require_bos(tokenizer)
+        missing = ids[:, 0] != bos
+        ids[missing] = torch.cat([torch.full((int(missing.sum()), 1), bos, dtype=ids.dtype), ids[missing, :-1]], 1)
     log.info("calibration: %d x %d tokens, style %s, seed %d, from %s", nsamples, seqlen, style, seed, corpus.origin)
     return ids

@@ -231,6 +231,7 @@ def run_lm_eval(
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     data_root: str | Path | None = None,
+    bos_per_window: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate the in-memory ``model`` on lm-eval tasks and suites.
 
@@ -245,6 +246,8 @@ def run_lm_eval(
         batch_size: lm-eval batch size.
         device: where lm-eval places the input tensors (the model stays where it is).
         data_root: data root override for the local tasks.
+        bos_per_window: tell lm-eval to start every request with BOS (``add_bos_token``);
+            else lm-eval's default (the tokenizer's own setting).
 
     Returns:
         One record per task, ``{task, metric, value, stderr, metrics, n, num_fewshot,
@@ -272,7 +275,8 @@ def run_lm_eval(
                 suite_shots if suite_shots is not None else default
             )
             loaded[task].set_config(key="num_fewshot", value=shots[task])
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                  add_bos_token=True if bos_per_window else None)
         lm._device = torch.device(device)  # inputs only; HFLM takes the device of a given model
         output = simple_evaluate(
             model=lm, tasks=list(loaded.values()), limit=limit, task_manager=manager, log_samples=False,

@@ -75,6 +75,7 @@ def perplexity(
     data_root: str | Path | None = None,
     batch_size: int = 1,
     progress: bool = True,
+    bos_per_window: bool = False,
 ) -> dict[str, Any]:
     """Token perplexity of ``model`` (evaluated as given, in memory) on WikiText-2 test.
 
@@ -90,23 +91,35 @@ def perplexity(
         data_root: data root override for the local WikiText-2 file.
         batch_size: windows per forward pass.
         progress: show a tqdm bar.
+        bos_per_window: start every window with the tokenizer's BOS token followed by
+            ``seqlen - 1`` tokens of the text (models trained to expect it, e.g. Gemma); else
+            the text is tokenized as the tokenizer does by default (BOS, if any, only before
+            the first window).
 
     Returns:
         A result record: ``task``, ``metric`` (``"token_perplexity"``), ``value``,
         ``n`` (windows), ``n_tokens`` (predicted tokens), ``nll`` (mean NLL),
-        ``seqlen``, ``protocol``, ``source`` (``"hub:..."`` or ``"local:<path>"``).
+        ``seqlen``, ``protocol``, ``source`` (``"hub:..."`` or ``"local:<path>"``), ``bos``.
     """
     if seqlen < 2:
         raise ValueError(f"seqlen must be at least 2, got {seqlen}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     task, text, origin = _eval_text(source, data_root)
-    ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
-    total = ids.numel() // seqlen
+    if bos_per_window:
+        bos = require_bos(tokenizer)
+        ids = tokenizer(text, return_tensors="pt", verbose=False, add_special_tokens=False).input_ids[0]
+        body = seqlen - 1
+    else:
+        ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
+        body = seqlen
+    total = ids.numel() // body
     n_windows = total if max_windows is None else min(total, max_windows)
     if n_windows < 1:
         raise ValueError(f"{origin}: {ids.numel()} tokens give no window of {seqlen} tokens")
-    windows = ids[: n_windows * seqlen].view(n_windows, seqlen)
+    windows = ids[: n_windows * body].view(n_windows, body)
+    if bos_per_window:
+        windows = torch.cat([torch.full((n_windows, 1), bos, dtype=windows.dtype), windows], dim=1)
     was_training = model.training
     model.eval()
     nll_sum = 0.0
@@ -129,4 +142,13 @@ def perplexity(
         "seqlen": seqlen,
         "protocol": _PROTOCOL.format(seqlen=seqlen),
         "source": origin,
+        "bos": "every window" if bos_per_window else "as the tokenizer adds it (before the first window)",
     }
+
+
+def require_bos(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's BOS token id; a clear error if it has none."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        raise ValueError(f"model.bos_per_window=true but the tokenizer {type(tokenizer).__name__} has no BOS token")
+    return int(bos)

@@ -28,8 +28,9 @@ class Task:
         """(model in eval mode on the host, processor)."""
         raise NotImplementedError
 
-    def calibrate(self, processor: Any, dcfg: Mapping[str, Any], data_root: str | None) -> torch.Tensor:
-        """The calibration tensor the driver captures activations from."""
+    def calibrate(self, processor: Any, dcfg: Mapping[str, Any], data_root: str | None,
+                  mcfg: Mapping[str, Any]) -> torch.Tensor:
+        """The calibration tensor the driver captures activations from (``mcfg``: the model config)."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, processor: Any, ecfg: Mapping[str, Any] | None,

@@ -25,7 +25,9 @@ class TextTask(Task):
     def load(self, mcfg: Mapping[str, Any]) -> tuple[nn.Module, Any]:
         return load_model(mcfg["name"], dtype=mcfg.get("dtype", "float32"))
 
-    def calibrate(self, tokenizer: Any, dcfg: Mapping[str, Any], data_root: str | None) -> torch.Tensor:
-        """(nsamples, seqlen) token ids."""
+    def calibrate(self, tokenizer: Any, dcfg: Mapping[str, Any], data_root: str | None,
+                  mcfg: Mapping[str, Any]) -> torch.Tensor:
+        """(nsamples, seqlen) token ids; each starts with BOS when ``model.bos_per_window``."""
         return get_calibration(tokenizer, source=dcfg["source"], nsamples=dcfg["nsamples"], seqlen=dcfg["seqlen"],
-                               style=dcfg["style"], seed=dcfg.get("seed"), data_root=data_root)
+                               style=dcfg["style"], seed=dcfg.get("seed"), data_root=data_root,
+                               bos_per_window=bool(mcfg.get("bos_per_window", False)))

@@ -28,7 +28,8 @@ class VisionTask(Task):
 
         return load_vision_model(mcfg["name"], dtype=mcfg.get("dtype", "float32"), image_size=mcfg.get("image_size"))
 
-    def calibrate(self, spec: Any, dcfg: Mapping[str, Any], data_root: str | None) -> torch.Tensor:
+    def calibrate(self, spec: Any, dcfg: Mapping[str, Any], data_root: str | None,
+                  mcfg: Mapping[str, Any]) -> torch.Tensor:
         """(nsamples, C, H, W) preprocessed images drawn with ``data.seed``."""
         from ..vision.data import calibration_images, open_images
 
