@@ -332,8 +332,9 @@ def test_weighted_lowrank_is_the_exact_minimiser():
     A = torch.randn(20, 30, generator=g)
     X = torch.randn(200, 30, generator=g) * torch.linspace(0.1, 3, 30)
     R = damped_cholesky(X.T @ X, 0.01)
-    U, V = weighted_lowrank(A, R, 4)
+    U, V, remaining = weighted_lowrank(A, R, 4)
     best = torch.linalg.norm((A - U @ V) @ R.T)
+    assert remaining == pytest.approx(float(best) ** 2, rel=1e-4)
     for _ in range(5):
         dU, dV = 1e-2 * torch.randn(20, 4, generator=g), 1e-2 * torch.randn(4, 30, generator=g)
         assert torch.linalg.norm((A - (U + dU) @ (V + dV)) @ R.T) > best

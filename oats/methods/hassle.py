@@ -11,7 +11,9 @@ N:M sparse part plus a rank), alternating
 * an S-step: SparseGPT (OBS pruning with error propagation) of ``W - L`` with the same Hessian, N:M
   included; kept only when it lowers f (SparseGPT is a greedy approximation, so a new S can be worse);
 * an L-step, exact and in closed form: the best rank-r fit of ``W - S`` in the ``R^T``-weighted norm,
-  ``L = SVD_r((W - S) R^T) R^-T`` (the reference code takes Adam steps instead).
+  ``L = SVD_r((W - S) R^T) R^-T`` (the reference code takes Adam steps instead); ``svd="subspace"``
+  (default) gets the truncated SVD by OATS's warm-started subspace iteration, kept only when it does
+  not lose to the previous L.
 
 So f never increases. ``init``: "oats" (default: start from OATS's decomposition at the same budget,
 20 subspace iterations) or "zero" (L = 0: the first S-step is plain SparseGPT; the greedy S-step then
@@ -28,7 +30,7 @@ from baselines.sparsegpt import HessianError, sparsegpt_prune
 
 from ..budget import LayerBudget, check_rank_ratio, layer_budget
 from ..registry import Factors, Method, check_param, register
-from .oats import oats_decompose
+from .oats import SVD_SOLVERS, TruncatedSVD, oats_decompose
 
 INITS = ("zero", "oats")
 
@@ -57,16 +59,21 @@ def damped_cholesky(H: torch.Tensor, damping: float) -> torch.Tensor:
     return L.T
 
 
-def weighted_lowrank(A: torch.Tensor, R: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def weighted_lowrank(A: torch.Tensor, R: torch.Tensor, rank: int, svd: TruncatedSVD | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The best rank-``rank`` L in the R^T-weighted norm: argmin ||(A - L) R^T||_F, as factors L = U @ V.
 
-    A: (d_out, d_in), R: (d_in, d_in) upper triangular -> U: (d_out, rank), V: (rank, d_in).
+    A: (d_out, d_in), R: (d_in, d_in) upper triangular -> U: (d_out, rank), V: (rank, d_in), and the
+    remaining error ||(A - L) R^T||_F^2 (= ||A R^T||^2 - sum of the kept singular values squared: the
+    kept part is a projection of A R^T). ``svd``: a (warm-started) truncated SVD of that rank; exact if None.
     """
+    AR = A @ R.T
+    total = float(AR.square().sum())
     if rank == 0:
-        return A.new_zeros(A.shape[0], 0), A.new_zeros(0, A.shape[1])
-    Us, s, Vh = torch.linalg.svd(A @ R.T, full_matrices=False)
-    V = torch.linalg.solve_triangular(R, Vh[:rank].T, upper=True).T  # Vh_r R^-T
-    return Us[:, :rank] * s[:rank], V
+        return A.new_zeros(A.shape[0], 0), A.new_zeros(0, A.shape[1]), total
+    Us, s, Vh = (svd or TruncatedSVD(rank, "full"))(AR)
+    V = torch.linalg.solve_triangular(R, Vh.T, upper=True).T  # Vh_r R^-T
+    return Us * s, V, total - float(s.square().sum())
 
 
 def objective(W: torch.Tensor, S: torch.Tensor, U: torch.Tensor, V: torch.Tensor, R: torch.Tensor) -> float:
@@ -75,10 +82,12 @@ def objective(W: torch.Tensor, S: torch.Tensor, U: torch.Tensor, V: torch.Tensor
 
 
 def reconstruct(W: torch.Tensor, H: torch.Tensor, budget: LayerBudget, alternations: int = 10,
-                damping: float = 0.01, init: str = "zero", d: torch.Tensor | None = None,
-                blocksize: int = 128) -> Reconstruction:
+                damping: float = 0.01, init: str = "oats", d: torch.Tensor | None = None,
+                blocksize: int = 128, svd: str = "subspace") -> Reconstruction:
     """Alternate S-steps and exact L-steps; W: (d_out, d_in), H: (d_in, d_in), d: (d_in,) input RMS
-    (for init="oats"). Returns the factors and f after the initialisation and each alternation."""
+    (for init="oats"). ``svd``: the L-step's truncated SVD, "subspace" (warm-started across
+    alternations, as OATS's) or "full". Returns the factors and f after the initialisation and each
+    alternation."""
     W = W.detach().float()
     R = damped_cholesky(H, damping)
     r = budget.rank
@@ -87,14 +96,19 @@ def reconstruct(W: torch.Tensor, H: torch.Tensor, budget: LayerBudget, alternati
         S, U, V = start.sparse, start.U, start.V
     else:
         S, U, V = torch.zeros_like(W), W.new_zeros(W.shape[0], r), W.new_zeros(r, W.shape[1])
-    history = [objective(W, S, U, V, R)]
+    f = objective(W, S, U, V, R)
+    history = [f]
+    solver = TruncatedSVD(r, svd) if r else None
     for _ in range(alternations):
         if budget.nnz:  # SparseGPT keeps budget.nnz (layer-wise) or the N:M pattern
             S_new = sparsegpt_prune(W - U @ V, H, budget, blocksize, damping)
-            if objective(W, S_new, U, V, R) < objective(W, S, U, V, R):
-                S = S_new
-        U, V = weighted_lowrank(W - S, R, r)
-        history.append(objective(W, S, U, V, R))
+            f_new = objective(W, S_new, U, V, R)
+            if f_new < f:
+                S, f = S_new, f_new
+        U_new, V_new, f_lr = weighted_lowrank(W - S, R, r, solver)
+        if f_lr <= f:  # always, for the exact L-step; an approximate (subspace) one is kept only if no worse
+            U, V, f = U_new, V_new, f_lr
+        history.append(f)
     return Reconstruction(S, U, V, history)
 
 
@@ -110,6 +124,7 @@ class Hassle(Method):
     alternations: int = 10
     damping: float = 0.01
     init: str = "oats"
+    svd: str = "subspace"
 
     def __post_init__(self) -> None:
         check_rank_ratio(self.rank_ratio)
@@ -118,10 +133,12 @@ class Hassle(Method):
         check_param(self.name, "damping", self.damping,
                     isinstance(self.damping, (int, float)) and self.damping > 0, "must be a number > 0")
         check_param(self.name, "init", self.init, self.init in INITS, f"allowed: {', '.join(INITS)}")
+        check_param(self.name, "svd", self.svd, self.svd in SVD_SOLVERS, f"allowed: {', '.join(SVD_SOLVERS)}")
 
     def budget(self, d_out, d_in, compression, nm):
         return layer_budget(d_out, d_in, compression, self.rank_ratio, nm, "layer")
 
     def compress(self, W, stats, budget, name="layer"):
         d = stats.column_rms(name) if self.init == "oats" else None
-        return reconstruct(W, stats.hessian_matrix(name), budget, self.alternations, self.damping, self.init, d)
+        return reconstruct(W, stats.hessian_matrix(name), budget, self.alternations, self.damping, self.init, d,
+                           svd=self.svd)
