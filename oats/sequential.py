@@ -32,15 +32,16 @@ class BlockJob:
     """One block to compress, as :meth:`Method.compress_block` sees it.
 
     ``inputs``: (n, tokens, hidden) the block's inputs (outputs of the already compressed blocks).
-    ``targets``: (n, tokens, hidden) the *dense* block's outputs on the *dense* model's inputs, kept
-    by the driver only for methods with ``needs_targets``; else None. ``stats``: the method's input
-    statistics per unit path, collected on ``inputs``.
+    ``dense_inputs`` / ``targets``: (n, tokens, hidden) the *dense* model's inputs to this block and
+    the dense block's outputs on them, kept by the driver only for methods with ``needs_targets``;
+    else None. ``stats``: the method's input statistics per unit path, collected on ``inputs``.
     """
 
     index: int
     block: nn.Module
     units: list[Unit]
     inputs: torch.Tensor
+    dense_inputs: torch.Tensor | None
     targets: torch.Tensor | None
     kwargs: dict
     device: torch.device
@@ -166,28 +167,30 @@ def compress_model(
               flush=True)
     keep_on = torch.device("cpu") if offload_activations else device
     inps, kwargs = capture_inputs(model, blocks, calib, device, keep_on)
-    dense = inps.clone() if method.needs_targets else None  # the dense model's stream
+    dense = inps.clone() if method.needs_targets else None  # the dense model's stream: inputs to block i
 
     bar = tqdm(range(len(blocks)), desc=f"{method.name} blocks", disable=not progress)
     for i in bar:
         block, host = blocks[i], device_of(blocks[i])
         block.to(device)
+        targets = None
         if dense is not None:  # the dense block's outputs, before it is compressed (or restored)
-            run_block(block, dense, kwargs[i], device, batch_size, out=dense)
+            targets = run_block(block, dense, kwargs[i], device, batch_size, out=torch.empty_like(dense))
         if i < start:  # compressed in an earlier run: restore and propagate
             ckpt.restore_block(i, block)
             block.to(device)
         else:
-            job = BlockJob(i, block, plan[i], inps, dense, kwargs[i], device, batch_size,
+            job = BlockJob(i, block, plan[i], inps, dense, targets, kwargs[i], device, batch_size,
                            collect_stats(block, plan[i], inps, kwargs[i], device, batch_size, method.needs),
                            method, compressions[i], nm)
             bar.set_postfix_str(f"block {i}")
             method.compress_block(job)
             records += job.records
+        dense = targets
         run_block(block, inps, kwargs[i], device, batch_size, out=inps)
         block.to(host)
         if ckpt is not None and i >= start:
             ckpt.save(i, block, records, owl_sparsity)
-    del inps, dense
+    del inps, dense, targets
     return CompressionReport(records, method=method.describe(), compression=compression,
                              nm=str(nm) if nm else None, owl_sparsity=owl_sparsity)

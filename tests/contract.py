@@ -22,7 +22,8 @@ CONTRACT: dict[str, Row] = {
     "sparsegpt": Row(params={"blocksize": 16}, bad={"blocksize": 0, "percdamp": -0.1}),
     "lowrank": Row(nm=False, bad={"scaled": "yes"}),
     "dsnot": Row(params={"max_cycle_time": 10}, bad={"initial": "random", "max_cycle_time": -1, "skip_layer": "attn"}),
-    "hassle": Row(params={"alternations": 2}, bad={"alternations": 0, "damping": -0.1, "init": "random", "rank_ratio": 1.5}),
+    "hassle": Row(params={"alternations": 2},
+                  bad={"alternations": 0, "damping": -0.1, "init": "random", "rank_ratio": 1.5, "match": "model"}),
     "oats": Row(params={"rank_ratio": 0.3, "iterations": 4},
                 bad={"iterations": 0, "rank_ratio": 1.5, "threshold": "column", "svd": "lanczos"}),
 }

@@ -238,7 +238,7 @@ class TargetProbe(Method):
         return Factors(wanda_prune(W, stats.column_rms(name), budget))
 
     def compress_block(self, job):
-        self.seen.append((job.index, job.inputs.clone(), job.targets.clone()))
+        self.seen.append((job.index, job.inputs.clone(), job.targets.clone(), job.dense_inputs.clone()))
         super().compress_block(job)
         assert not torch.equal(job.outputs(), job.targets)  # compressed now
 
@@ -266,9 +266,10 @@ def test_block_level_methods_get_the_dense_blocks_outputs(tmp_path, monkeypatch)
     dense = dense_block_io(TINY["llama"](layers=3), calib)
     probe = TargetProbe()
     compress_model(TINY["llama"](layers=3), calib, probe, 0.5, progress=False)
-    assert [i for i, _, _ in probe.seen] == [0, 1, 2]
-    for i, inputs, targets in probe.seen:
+    assert [i for i, *_ in probe.seen] == [0, 1, 2]
+    for i, inputs, targets, dense_inputs in probe.seen:
         assert torch.allclose(targets, dense[i][1], atol=1e-5)  # the dense block on the dense stream
+        assert torch.allclose(dense_inputs, dense[i][0], atol=1e-5)
         assert torch.allclose(inputs, dense[i][0], atol=1e-5) == (i == 0)  # later inputs are compressed
     # a run killed after block 0 resumes with the same dense stream (restored blocks are replayed dense first)
     crashing = TargetProbe()
@@ -285,6 +286,34 @@ def test_block_level_methods_get_the_dense_blocks_outputs(tmp_path, monkeypatch)
     monkeypatch.setattr(TargetProbe, "compress_block", real)
     resumed = TargetProbe()
     compress_model(TINY["llama"](layers=3), calib, resumed, 0.5, checkpoint_dir=tmp_path, progress=False)
-    assert [i for i, _, _ in resumed.seen] == [1, 2]
-    for (_, inp_a, tgt_a), (_, inp_b, tgt_b) in zip(probe.seen[1:], resumed.seen):
-        assert torch.equal(tgt_a, tgt_b) and torch.equal(inp_a, inp_b)
+    assert [i for i, *_ in resumed.seen] == [1, 2]
+    for (_, inp_a, tgt_a, den_a), (_, inp_b, tgt_b, den_b) in zip(probe.seen[1:], resumed.seen):
+        assert torch.equal(tgt_a, tgt_b) and torch.equal(inp_a, inp_b) and torch.equal(den_a, den_b)
+
+
+def test_dense_matching_reconstruction_stays_closer_to_the_dense_model():
+    """The reconstruction method with match=dense (the block-level hook: dense inputs and targets) fits
+    each layer to the dense model's output, so errors of earlier blocks are compensated, not carried."""
+    calib, x = calib_ids(8, 32), calib_ids(4, 32, seed=7)
+    with torch.no_grad():
+        dense = TINY["llama"](layers=4)(x).logits
+    errors = {}
+    for match in ("layer", "dense"):
+        model = TINY["llama"](layers=4)
+        oats.compress(model, calib, "hassle", 0.7, progress=False, match=match, alternations=3, rank_ratio=0.1)
+        with torch.no_grad():
+            errors[match] = float((model(x).logits - dense).norm() / dense.norm())
+    assert errors["dense"] < 0.95 * errors["layer"], errors
+
+
+def test_dense_target_is_the_weight_when_both_streams_agree():
+    from oats.methods.hassle import dense_target
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(300, 24, generator=g)
+    W = torch.randn(16, 24, generator=g)
+    H = X.T @ X * (2 / 300)
+    assert torch.allclose(dense_target(W, H, H, 1e-8), W, atol=1e-3)
+    Xd = X + 0.1 * torch.randn(300, 24, generator=g)  # the dense stream differs: the target absorbs it
+    Wt = dense_target(W, H, X.T @ Xd * (2 / 300), 1e-8)
+    assert torch.linalg.norm(X @ Wt.T - Xd @ W.T) < torch.linalg.norm(X @ W.T - Xd @ W.T)

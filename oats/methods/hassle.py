@@ -15,12 +15,17 @@ N:M sparse part plus a rank), alternating
   (default) gets the truncated SVD by OATS's warm-started subspace iteration, kept only when it does
   not lose to the previous L.
 
-So f never increases. ``init``: "oats" (default: start from OATS's decomposition at the same budget,
+So f never increases. With ``match="dense"`` the driver hands the method each whole block with the dense
+model's inputs to it (the block-level hook), and every layer fits the *dense* model's layer output from
+the compressed model's layer input, ``min ||X_c W_hat^T - X_d W^T||``: that is the problem above for the
+target weight ``W C^T H_d^-1`` (C = X_c^T X_d), so the errors of earlier blocks are compensated rather
+than carried on. ``init``: "oats" (default: start from OATS's decomposition at the same budget,
 20 subspace iterations) or "zero" (L = 0: the first S-step is plain SparseGPT; the greedy S-step then
 tends to stall once L has settled, tests/test_methods.py).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -29,10 +34,12 @@ import torch
 from baselines.sparsegpt import HessianError, sparsegpt_prune
 
 from ..budget import LayerBudget, check_rank_ratio, layer_budget
+from ..capture import batches, call_block, to_device
 from ..registry import Factors, Method, check_param, register
 from .oats import SVD_SOLVERS, TruncatedSVD, oats_decompose
 
 INITS = ("zero", "oats")
+MATCHES = ("layer", "dense")
 
 
 @dataclass
@@ -125,6 +132,11 @@ class Hassle(Method):
     damping: float = 0.01
     init: str = "oats"
     svd: str = "subspace"
+    match: str = "layer"  # "layer": the layer's own output on the compressed stream; "dense": the dense model's
+
+    @property
+    def needs_targets(self) -> bool:  # type: ignore[override]
+        return self.match == "dense"
 
     def __post_init__(self) -> None:
         check_rank_ratio(self.rank_ratio)
@@ -134,6 +146,7 @@ class Hassle(Method):
                     isinstance(self.damping, (int, float)) and self.damping > 0, "must be a number > 0")
         check_param(self.name, "init", self.init, self.init in INITS, f"allowed: {', '.join(INITS)}")
         check_param(self.name, "svd", self.svd, self.svd in SVD_SOLVERS, f"allowed: {', '.join(SVD_SOLVERS)}")
+        check_param(self.name, "match", self.match, self.match in MATCHES, f"allowed: {', '.join(MATCHES)}")
 
     def budget(self, d_out, d_in, compression, nm):
         return layer_budget(d_out, d_in, compression, self.rank_ratio, nm, "layer")
@@ -142,3 +155,52 @@ class Hassle(Method):
         d = stats.column_rms(name) if self.init == "oats" else None
         return reconstruct(W, stats.hessian_matrix(name), budget, self.alternations, self.damping, self.init, d,
                            svd=self.svd)
+
+    def compress_block(self, job) -> None:
+        if self.match != "dense":
+            return super().compress_block(job)
+        cross = cross_statistics(job)
+        for unit in job.units:
+            lin = job.block.get_submodule(unit.path)
+            H, C = job.stats[unit.path].hessian_matrix(unit.path), cross[unit.path]
+            target = dense_target(lin.weight.data.float(), H, C, self.damping)
+            factors, seconds = {}, {}
+            for part, (a, b) in (unit.parts or {"": (0, lin.out_features)}).items():
+                t0 = time.perf_counter()
+                factors[part] = self.compress(target[a:b], job.stats.get(unit.path), job.budget(unit, (a, b)),
+                                              name=f"{unit.path}.{part}" if part else unit.path)
+                seconds[part] = time.perf_counter() - t0
+            job.replace(unit, factors, seconds)
+
+
+def dense_target(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, damping: float) -> torch.Tensor:
+    """The weight whose output on the compressed inputs best matches the dense layer's output:
+    argmin ||X_c W_t^T - X_d W^T|| = W C^T H_d^-1. W: (d_out, d_in); H = (2/n) X_c^T X_c and
+    C = (2/n) X_c^T X_d: (d_in, d_in)."""
+    R = damped_cholesky(H, damping)
+    return torch.cholesky_solve((C @ W.T), R, upper=True).T
+
+
+@torch.no_grad()
+def cross_statistics(job) -> dict[str, torch.Tensor]:
+    """C = (2/n) X_c^T X_d for every linear of the block: its inputs on the compressed stream (X_c) against
+    those on the dense stream (X_d), token by token, with the block's (still dense) weights."""
+    blk, kw = job.block, to_device(job.kwargs, job.device)
+    sums: dict[str, torch.Tensor] = {}
+    seen: dict[str, torch.Tensor] = {}
+    handles = [blk.get_submodule(u.path).register_forward_hook(
+        lambda m, a, o, p=u.path: seen.__setitem__(p, a[0].reshape(-1, a[0].shape[-1]).float())) for u in job.units]
+    n = 0
+    try:
+        for sl in batches(job.inputs.shape[0], job.batch_size):
+            call_block(blk, job.inputs[sl].to(job.device), kw)
+            compressed = dict(seen)
+            call_block(blk, job.dense_inputs[sl].to(job.device), kw)
+            for path, xc in compressed.items():
+                acc = sums.setdefault(path, torch.zeros(xc.shape[1], xc.shape[1], device=xc.device))
+                acc.addmm_(xc.T, seen[path])
+            n += next(iter(compressed.values())).shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+    return {p: c * (2.0 / n) for p, c in sums.items()}
