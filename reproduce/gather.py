@@ -174,7 +174,21 @@ def write_table(spec: TableSpec, df: pd.DataFrame, out_dir: Path, per_run: pd.Da
     atomic_write_text(md_path, to_markdown(spec, df, orderings))
     if per_run is not None and (df.n > 1).any():
         atomic_write_text(out_dir / f"{stem}.runs.csv", per_run.to_csv(index=False))
+        atomic_write_text(out_dir / f"{stem}.runs.md", runs_markdown(spec, per_run))
     return csv_path, md_path
+
+
+def runs_markdown(spec: TableSpec, per_run: pd.DataFrame) -> str:
+    """Every run's value, one table per metric: a line per cell, a column per repetition (seed, runtime)."""
+    parts = [f"# {spec.title}: every run", ""]
+    reps = list(dict.fromkeys(per_run.rep.fillna("")))
+    for metric in spec.metrics:
+        sub = per_run[per_run.metric == metric].assign(cell=lambda d: d.row + " @ " + d.col,
+                                                       rep=lambda d: d.rep.fillna("") .replace("", "(own)"))
+        pivot = sub.pivot_table(index="cell", columns="rep", values="value", aggfunc="first", sort=False)
+        pivot = pivot.reindex(columns=[r or "(own)" for r in reps if (r or "(own)") in pivot.columns])
+        parts += [f"## {metric}", "", pivot.map(_fmt).to_markdown(disable_numparse=True), ""]
+    return "\n".join(parts) + "\n"
 
 
 def _x_value(label: str, spec: TableSpec) -> float | None:

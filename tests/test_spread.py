@@ -233,3 +233,14 @@ def test_oats_factors_do_not_depend_on_the_kernel_isa():
         assert proc.returncode == 0, proc.stderr
         hashes.add(proc.stdout.strip())
     assert len(hashes) == 1, hashes
+
+
+def test_repeated_tables_list_every_run(tmp_path):
+    from reproduce.gather import write_table
+
+    spec = TableSpec(name="t", title="T", kind="table", base=[], rows={"A": []}, cols={"50%": []}, metrics=[PPL])
+    per_run = per_run_frame({("A", "50%", PPL): [10.0, 11.0]})
+    write_table(spec, aggregate(spec, per_run, Expected({}, {})), tmp_path, per_run, stem="t-machines")
+    md = (tmp_path / "t-machines.runs.md").read_text()
+    assert "| A @ 50%" in md and "r0" in md and "r1" in md and "11.0000" in md
+    assert (tmp_path / "t-machines.runs.csv").exists()
