@@ -72,16 +72,18 @@ def measure(table: str = TABLE, ulp_seed: int | None = None) -> pd.DataFrame:
 
     from reproduce.tables import method_cells
 
+    cells = [(row, col, build_method(mcfg), compression, nm)
+             for row, col, mcfg, compression, nm in method_cells(table)]
+    needs = tuple(dict.fromkeys(["second_moment"] + [s for cell in cells for s in cell[2].needs]))
     layers = []
     for name, d_out, d_in in LAYERS:
         W, X = synthetic_layer(d_out, d_in, ulp_seed=ulp_seed)
-        stats = LayerStats(d_in, ("second_moment", "hessian"))
+        stats = LayerStats(d_in, needs)
         stats.add(X)
         d = stats.column_rms()
         layers.append((name, W, X, stats, d, X @ W.T, W * d))
     lines = []
-    for row, col, mcfg, compression, nm in method_cells(table):
-        method = build_method(mcfg)
+    for row, col, method, compression, nm in cells:
         for name, W, X, stats, d, Y, Wd in layers:
             budget = method.budget(W.shape[0], W.shape[1], compression, nm)
             W_hat = method.compress(W, stats, budget, name=name).merged().float()
