@@ -20,39 +20,88 @@ class CheckpointMismatchError(RuntimeError):
     pass
 
 
+class CheckpointError(RuntimeError):
+    pass
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class Checkpoint:
     """Per-block checkpoint folder: ``block_NNNN.safetensors`` then ``state.json``, each written atomically.
 
-    ``state.json`` is written after the block file, so it only ever names complete blocks.
+    ``state.json`` is written after the block file, so it only ever names complete blocks, and it
+    carries each block file's SHA-256: on resume a block file that is missing or fails its checksum
+    (truncated, overwritten) is reported by name and the run goes on from the last good block.
     """
 
     def __init__(self, folder: str | Path, fingerprint: str) -> None:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
+        self.checksums: dict[str, str] = {}
 
     @property
     def state_path(self) -> Path:
         return self.folder / "state.json"
 
     def load(self) -> dict | None:
+        """The state of the blocks that are complete and intact (None: nothing to resume)."""
         if not self.state_path.exists():
             return None
-        state = json.loads(self.state_path.read_text())
+        try:
+            state = json.loads(self.state_path.read_text())
+            next_block = int(state["next_block"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"checkpoint state {self.state_path} is unreadable ({err}); delete that "
+                                  f"folder to start the compression over") from err
         if state.get("fingerprint") != self.fingerprint:
             raise CheckpointMismatchError(
                 f"checkpoint {self.folder} was written for a different model/method/budget/calibration "
                 f"(fingerprint {state.get('fingerprint')} != {self.fingerprint}); use another folder or delete it"
             )
+        checksums = state.get("checksums")  # absent in checkpoints written before checksums
+        good = next_block
+        for i in range(next_block):
+            problem = self._problem(i, checksums)
+            if problem:
+                print(f"checkpoint block {self.block_file(i)} {problem}: recomputing from block {i}", flush=True)
+                good = i
+                break
+        self.checksums = {k: v for k, v in (checksums or {}).items() if int(k) < good}
+        if good == 0:
+            return None
+        if good < next_block:
+            state = {**state, "next_block": good,
+                     "records": [r for r in state["records"] if r["block"] < good]}
         return state
+
+    def _problem(self, i: int, checksums: dict[str, str] | None) -> str | None:
+        path = self.block_file(i)
+        if not path.is_file():
+            return "is missing"
+        if checksums is None:
+            return None
+        if str(i) not in checksums:
+            return "has no checksum in state.json"
+        if file_sha256(path) != checksums[str(i)]:
+            return "fails its SHA-256 checksum (truncated or damaged)"
+        return None
 
     def block_file(self, i: int) -> Path:
         return self.folder / f"block_{i:04d}.safetensors"
 
     def save(self, i: int, block: nn.Module, records: list[LayerRecord], owl: list[float] | None) -> None:
-        save_compressed(block, self.block_file(i))
+        path = save_compressed(block, self.block_file(i))
+        self.checksums[str(i)] = file_sha256(path)
         atomic_write_json(self.state_path, {
             "fingerprint": self.fingerprint,
             "next_block": i + 1,
+            "checksums": self.checksums,
             "records": [asdict(r) for r in records],
             "owl_sparsity": owl,
         })

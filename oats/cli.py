@@ -13,14 +13,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from . import runtime
-from .checkpoint import CheckpointMismatchError
+from .checkpoint import CheckpointError, CheckpointMismatchError
 from .data.paths import DataNotAvailableError
 from .hydra_configs import register_configs
 from .models.loading import ModelNotAvailableError
 from .pipeline import run
 
 # Bad input from the user: configs, budgets, methods, architectures, missing models or data.
-USER_ERRORS = (ValueError, ModelNotAvailableError, DataNotAvailableError, CheckpointMismatchError)
+USER_ERRORS = (ValueError, ModelNotAvailableError, DataNotAvailableError, CheckpointMismatchError,
+               CheckpointError)
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 register_configs()  # the method group comes from the method registry

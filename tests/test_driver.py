@@ -15,7 +15,7 @@ from oats.layers import CompressedLinear, SplitLinear, load_compressed, save_com
 from oats.registry import Factors, Method, get_method
 from oats.models.adapters import UnsupportedArchitectureError, get_adapter
 from oats.capture import capture_inputs, resolve_device, run_block
-from oats.checkpoint import CheckpointMismatchError
+from oats.checkpoint import CheckpointError, CheckpointMismatchError
 from oats.sequential import compress_model
 from oats.stats import LayerStats
 from contract import METHOD_PARAMS
@@ -168,6 +168,48 @@ def test_checkpoint_resume_after_crash(tmp_path, monkeypatch):
     assert calls["n"] == 0
     with pytest.raises(CheckpointMismatchError, match="different"):
         compress_model(TINY["llama"](layers=3), calib, method, 0.6, checkpoint_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "state"])
+def test_damaged_checkpoint_block_is_named_and_recomputed(tmp_path, damage, capsys):
+    """A block file cut short or deleted is reported by name and recomputed from the last good block, to the
+    same weights; an unreadable state.json is a clear error naming it."""
+    calib = calib_ids()
+    method = get_method("wanda")
+    reference = TINY["llama"](layers=3)
+    compress_model(reference, calib, method, 0.5, checkpoint_dir=tmp_path, progress=False)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["next_block"] == 3 and sorted(state["checksums"]) == ["0", "1", "2"]
+    bad = tmp_path / "block_0001.safetensors"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:1000])
+    elif damage == "missing":
+        bad.unlink()
+    else:
+        (tmp_path / "state.json").write_text('{"fingerprint": "')
+        with pytest.raises(CheckpointError, match="state.json is unreadable"):
+            compress_model(TINY["llama"](layers=3), calib, method, 0.5, checkpoint_dir=tmp_path, progress=False)
+        return
+    calls = {"n": 0}
+    real = type(method).compress
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return real(self, *a, **k)
+
+    resumed = TINY["llama"](layers=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(method), "compress", counting)
+        report = compress_model(resumed, calib, method, 0.5, checkpoint_dir=tmp_path, progress=False)
+    out = capsys.readouterr().out
+    assert f"{bad}" in out and ("checksum" in out if damage == "truncated" else "missing" in out)
+    assert "recomputing from block 1" in out
+    assert calls["n"] == 14  # blocks 1 and 2 again, block 0 restored
+    assert [r.block for r in report.layers] == [b for b in range(3) for _ in range(7)]
+    x = calib_ids(1, 16, seed=9)
+    with torch.no_grad():
+        assert torch.equal(resumed(x).logits, reference(x).logits)
+    assert json.loads((tmp_path / "state.json").read_text())["checksums"] == state["checksums"]
 
 
 def test_save_load_compressed_model(tmp_path):
