@@ -92,6 +92,8 @@ def evaluate(model: nn.Module, processor: Any, ecfg: Mapping[str, Any] | None, c
 def _check_perplexity(section: Mapping[str, Any]) -> None:
     positive_int("eval.perplexity.seqlen", section.get("seqlen"))
     positive_int("eval.perplexity.max_windows", section.get("max_windows"), allow_none=True)
+    if not isinstance(section.get("blockwise", False), bool):
+        raise ConfigError(f"eval.perplexity.blockwise={section.get('blockwise')!r} must be true or false")
 
 
 @evaluation("perplexity", "text", _check_perplexity)
@@ -100,7 +102,8 @@ def _perplexity(model, tokenizer, section, ctx: EvalContext) -> list[dict]:
 
     return [perplexity(model, tokenizer, source=section.get("source", "wikitext2"), seqlen=section["seqlen"],
                        max_windows=section.get("max_windows"), device=str(ctx.device), data_root=ctx.data_root,
-                       progress=ctx.progress, bos_per_window=ctx.bos_per_window)]
+                       progress=ctx.progress, bos_per_window=ctx.bos_per_window,
+                       blockwise=section.get("blockwise", False))]
 
 
 def _check_lm_eval(groups: Any) -> None:

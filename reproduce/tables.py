@@ -152,7 +152,8 @@ def run_identity(config: Mapping[str, Any]) -> str:
     The dense reference ignores every compression setting, so it is one run per model/eval. Left
     out as well, so that runs made before these settings existed keep their identity: a ``runtime``
     block left to the machine (all null), OWL's default score, and a model's ``method_params``
-    (per-model method defaults, already resolved into ``method``).
+    (per-model method defaults, already resolved into ``method``), and whether perplexity is computed
+    block by block (the same numbers).
     """
     ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
     if not any((ident.get("runtime") or {}).values()):
@@ -161,6 +162,9 @@ def run_identity(config: Mapping[str, Any]) -> str:
         ident["owl"] = {k: v for k, v in ident["owl"].items() if k != "score"}
     if "method_params" in (ident.get("model") or {}):
         ident["model"] = {k: v for k, v in ident["model"].items() if k != "method_params"}
+    perplexity = (ident.get("eval") or {}).get("perplexity")
+    if isinstance(perplexity, Mapping) and "blockwise" in perplexity:  # how it is computed, not what
+        ident["eval"] = {**ident["eval"], "perplexity": {k: v for k, v in perplexity.items() if k != "blockwise"}}
     if ident.get("method", {}).get("name") == DENSE:
         ident = {k: v for k, v in ident.items() if k not in ("compression", "nm", "owl", "data")}
     blob = json.dumps(ident, sort_keys=True, default=str)

@@ -101,6 +101,7 @@ def test_user_overrides_reach_only_the_runs_that_have_the_key():
     ("model.dtype=int8", r"model.dtype='int8'"),
     ("method.iterations=0", r"iterations=0"),
     ("eval.perplexity.max_windows=-2", r"max_windows=-2"),
+    ("eval.perplexity.blockwise=maybe", r"blockwise='maybe' must be true or false"),
 ])
 def test_out_of_range_values_fail_naming_the_key(override, match):
     with pytest.raises(ValueError, match=match):

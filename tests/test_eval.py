@@ -180,3 +180,27 @@ def test_perplexity_with_bos_on_every_window(tiny, tokenizer, data_root):
     assert torch.equal(windows[:, 1:].reshape(-1), text_ids[: 3 * 31])
     assert record["bos"] == "every window" and plain["bos"].startswith("as the tokenizer")
     assert record["n_tokens"] == 3 * 31 and record["value"] != plain["value"]
+
+
+def test_blockwise_perplexity_equals_the_whole_model(tiny, tokenizer, data_root):
+    """Block by block (one block on the device at a time) gives the whole-model number, bit for bit."""
+    whole = perplexity(tiny, tokenizer, seqlen=32, max_windows=3, data_root=data_root, progress=False)
+    blocks = perplexity(tiny, tokenizer, seqlen=32, max_windows=3, data_root=data_root, progress=False,
+                        blockwise=True, batch_size=2)
+    assert blocks["blockwise"] and not whole["blockwise"]
+    assert blocks["value"] == whole["value"] and blocks["n_tokens"] == whole["n_tokens"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3"])
+def test_blockwise_window_nll_per_architecture(arch):
+    from oats.eval.blockwise import blockwise_window_nll
+    from oats.eval.perplexity import window_nll
+    from tiny_models import TINY, calib_ids
+
+    model = TINY[arch]()
+    windows = calib_ids(3, 32, seed=4)
+    whole = torch.cat([window_nll(model, windows[i:i + 1]) for i in range(3)])
+    assert torch.equal(blockwise_window_nll(model, windows), whole)
+    # the model is left where it was and in one piece
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert torch.equal(torch.cat([window_nll(model, windows[i:i + 1]) for i in range(3)]), whole)

@@ -76,6 +76,7 @@ def perplexity(
     batch_size: int = 1,
     progress: bool = True,
     bos_per_window: bool = False,
+    blockwise: bool = False,
 ) -> dict[str, Any]:
     """Token perplexity of ``model`` (evaluated as given, in memory) on WikiText-2 test.
 
@@ -95,6 +96,8 @@ def perplexity(
             ``seqlen - 1`` tokens of the text (models trained to expect it, e.g. Gemma); else
             the text is tokenized as the tokenizer does by default (BOS, if any, only before
             the first window).
+        blockwise: run the windows through the model block by block, one block on ``device`` at a
+            time (:mod:`oats.eval.blockwise`; for models that do not fit there); same numbers.
 
     Returns:
         A result record: ``task``, ``metric`` (``"token_perplexity"``), ``value``,
@@ -124,9 +127,14 @@ def perplexity(
     model.eval()
     nll_sum = 0.0
     try:
-        batches = range(0, n_windows, batch_size)
-        for start in tqdm(batches, desc=f"ppl {task}", disable=not progress, unit="batch"):
-            nll_sum += window_nll(model, windows[start : start + batch_size].to(device)).sum().item()
+        if blockwise:
+            from .blockwise import blockwise_window_nll
+
+            nll_sum = blockwise_window_nll(model, windows, device, batch_size, progress).sum().item()
+        else:
+            batches = range(0, n_windows, batch_size)
+            for start in tqdm(batches, desc=f"ppl {task}", disable=not progress, unit="batch"):
+                nll_sum += window_nll(model, windows[start : start + batch_size].to(device)).sum().item()
     finally:
         model.train(was_training)
     n_tokens = n_windows * (seqlen - 1)
@@ -143,6 +151,7 @@ def perplexity(
         "protocol": _PROTOCOL.format(seqlen=seqlen),
         "source": origin,
         "bos": "every window" if bos_per_window else "as the tokenizer adds it (before the first window)",
+        "blockwise": blockwise,
     }
 
 
