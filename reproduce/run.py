@@ -7,7 +7,8 @@ and PNG plots, logs to wandb (offline by default) and exits non-zero when a
 checked cell is outside its tolerance or a run failed.
 
 Any other override applies to every run: ``method.iterations=20``,
-``data=c4``, ``device=cuda``. ``dry_run=true`` lists the runs and stops.
+``data=c4``, ``device=cuda``. ``dry_run=true`` lists the runs and stops; ``gather_only=true``
+gathers the runs that are done (while others still run, say) and runs nothing.
 """
 from __future__ import annotations
 
@@ -95,7 +96,9 @@ def reproduce(cfg: DictConfig) -> int:
     wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True)
     wandb_cfg["dir"] = wandb_cfg.get("dir") or str(results_dir / "wandb")
     failures = []
-    if pending:
+    if pending and cfg.get("gather_only"):
+        print(f"gather_only: {len(pending)} run(s) not done are left out (their cells read 'missing')")
+    elif pending:
         if cfg.launcher.name == "local":
             failures = launch_local(pending, results_dir, wandb_cfg)
         else:

@@ -32,7 +32,8 @@ KINDS = ("table", "figure")
 NON_IDENTITY_KEYS = ("progress", "checkpoint", "save_model", "data_root", "device", "batch_size",
                      "offload_activations", "evaluate_dense")
 # Keys of the reproduce app itself; every other override the user types applies to each run.
-APP_KEYS = ("table", "launcher", "results_dir", "rerun", "wandb", "hydra", "only", "dry_run", "repeat")
+APP_KEYS = ("table", "launcher", "results_dir", "rerun", "wandb", "hydra", "only", "dry_run", "repeat",
+            "gather_only")
 
 
 register_configs()  # Hydra's method group comes from the method registry

@@ -244,3 +244,32 @@ def test_repeated_tables_list_every_run(tmp_path):
     md = (tmp_path / "t-machines.runs.md").read_text()
     assert "| A @ 50%" in md and "r0" in md and "r1" in md and "11.0000" in md
     assert (tmp_path / "t-machines.runs.csv").exists()
+
+
+def test_check_spread_holds_each_perturbation_against_the_reference_and_left_out(tmp_path):
+    """reproduce/check_spread.py: a perturbation whose run leaves the reference fails; leave-one-out rebuilds
+    the reference without it (a wide cell stays unchecked either way)."""
+    from reproduce.check_spread import check_rep, leave_out
+
+    values = {("Wanda", "2:4", PPL): [200.0, 199.0, 201.0, 230.0],
+              ("SparseGPT", "2:4", PPL): [122.0, 122.4, 121.8, 122.1]}
+    runs = per_run_frame(values)
+    rule = Rule(3.0, {PPL: Tolerance(rel=0.005)}, {PPL: Tolerance(rel=0.30)})
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(build(runs, rule, "test runs", [])))
+    expected = load_expected("t", tmp_path)
+    by_rep = {rep: grp for rep, grp in runs.groupby("rep")}
+    assert [check_rep(g, expected)[:3] for g in by_rep.values()] == [(2, 0, 0)] * 4  # all recorded runs pass
+    held_out = leave_out(runs, "r3", expected)  # without the 230: Wanda's tolerance is narrow
+    passed, failed, unstable, failures = check_rep(by_rep["r3"], held_out)
+    assert (passed, failed, unstable) == (1, 1, 0) and failures[0].startswith("Wanda|2:4|token_perplexity 230")
+    assert check_rep(by_rep["r0"], leave_out(runs, "r0", expected))[1] == 0
+
+
+def test_gather_only_runs_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "reproduce" / "run.py"), "table=smoke", "gather_only=true",
+                           f"results_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'h'}", "wandb.mode=disabled"],
+                          capture_output=True, text=True, timeout=300)
+    assert "run(s) not done are left out" in proc.stdout, proc.stderr[-2000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert (tmp_path / "tables" / "smoke.csv").exists()
+    assert set(pd.read_csv(tmp_path / "tables" / "smoke.csv").status) == {"missing"}
