@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .io import atomic_write_json
+from .io import atomic_write_json, file_sha256
 from .layers import load_compressed, save_compressed
 from .models.adapters import text_config
 from .report import LayerRecord
@@ -22,14 +22,6 @@ class CheckpointMismatchError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     pass
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Checkpoint:

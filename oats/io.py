@@ -8,6 +8,7 @@ helpers write one file through :func:`atomic_file`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -85,3 +86,12 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_file(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

