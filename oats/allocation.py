@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .capture import capture_inputs, device_of, run_block
+from .capture import block_on, capture_inputs, run_block
 from .models.adapters import get_adapter, text_config
 from .registry import method_class
 from .stats import collect_stats
@@ -108,12 +108,11 @@ def owl_allocation(model: nn.Module, calib: torch.Tensor, target: float, owl: OW
     inps, kwargs = capture_inputs(model, blocks, calib, device, keep_on)
     ratios = []
     for i in tqdm(range(len(blocks)), desc="OWL outlier pass", disable=not progress):
-        block, host = blocks[i], device_of(blocks[i])
-        block.to(device)
-        units = adapter.units(block, text_config(model))
-        stats = collect_stats(block, units, inps, kwargs[i], device, batch_size, scorer.needs or ("second_moment",))
-        scores = [scorer.score(block.get_submodule(u.path).weight, stats[u.path], u.path) for u in units]
-        ratios.append(outlier_ratio(scores, owl.hyper_m))
-        run_block(block, inps, kwargs[i], device, batch_size, out=inps)
-        block.to(host)
+        with block_on(model, i, blocks[i], device) as block:
+            units = adapter.units(block, text_config(model))
+            stats = collect_stats(block, units, inps, kwargs[i], device, batch_size,
+                                  scorer.needs or ("second_moment",))
+            scores = [scorer.score(block.get_submodule(u.path).weight, stats[u.path], u.path) for u in units]
+            ratios.append(outlier_ratio(scores, owl.hyper_m))
+            run_block(block, inps, kwargs[i], device, batch_size, out=inps)
     return owl_sparsities(ratios, target, owl.lam)

@@ -5,12 +5,14 @@ the model stays on the host.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from .models.adapters import get_adapter
+from .models.lazy import disk_weights
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -39,6 +41,24 @@ def to_device(obj: Any, device: torch.device) -> Any:
 
 def device_of(module: nn.Module) -> torch.device:
     return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+@contextmanager
+def block_on(model: nn.Module, i: int, block: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Block ``i`` of ``model`` on ``device`` for the body, then back where it was.
+
+    A model on disk (:mod:`oats.models.lazy`) has the block read from its files first and, when
+    streamed, released after (the body registers a compressed block's file before that).
+    """
+    weights = disk_weights(model)
+    if weights is not None:
+        weights.load(i, block)
+    host = device_of(block)
+    block.to(device)
+    yield block
+    block.to(host)
+    if weights is not None:
+        weights.done(i, block)
 
 
 class _StopForward(Exception):

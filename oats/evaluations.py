@@ -81,8 +81,13 @@ def check_eval(ecfg: Mapping[str, Any] | None, kind: str) -> None:
 
 def evaluate(model: nn.Module, processor: Any, ecfg: Mapping[str, Any] | None, ctx: EvalContext) -> list[dict]:
     """Run every requested evaluation in config order; their records concatenated."""
+    from .models.lazy import disk_weights
+
     records: list[dict] = []
+    weights = disk_weights(model)
     for name, section in requested(ecfg).items():
+        if weights is not None and name != "perplexity":  # runs the whole model at once (perplexity goes
+            weights.load_all(model)                        # block by block on a model on disk)
         records += EVALUATIONS[name].run(model, processor, section, ctx)
     return records
 
@@ -99,11 +104,12 @@ def _check_perplexity(section: Mapping[str, Any]) -> None:
 @evaluation("perplexity", "text", _check_perplexity)
 def _perplexity(model, tokenizer, section, ctx: EvalContext) -> list[dict]:
     from .eval.perplexity import perplexity
+    from .models.lazy import disk_weights
 
     return [perplexity(model, tokenizer, source=section.get("source", "wikitext2"), seqlen=section["seqlen"],
                        max_windows=section.get("max_windows"), device=str(ctx.device), data_root=ctx.data_root,
                        progress=ctx.progress, bos_per_window=ctx.bos_per_window,
-                       blockwise=section.get("blockwise", False))]
+                       blockwise=section.get("blockwise", False) or disk_weights(model) is not None)]
 
 
 def _check_lm_eval(groups: Any) -> None:

@@ -226,8 +226,10 @@ def save_compressed(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load compressed layers saved by :func:`save_compressed` into a model of the same architecture."""
+def load_compressed(model: nn.Module, path: str | Path, device: torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> nn.Module:
+    """Load compressed layers saved by :func:`save_compressed` into a model of the same architecture,
+    on ``device`` in ``dtype`` (default: those of the model's parameters)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no compressed checkpoint at {path}")
@@ -237,8 +239,8 @@ def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
             raise ValueError(f"{path} is not a compressed-model file (no oats_structure metadata)")
         structure = json.loads(meta["oats_structure"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = dtype or next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     tensors = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in tensors.items()}
     apply_compressed_state(model, tensors, structure)
     return model

@@ -72,7 +72,7 @@ def run(cfg: Mapping[str, Any] | RunConfig, out_dir: str | Path) -> dict:
         return out
 
     mcfg = rc.raw["model"]
-    model, processor = timed("load_s", rc.task.load, mcfg)
+    model, processor = timed("load_s", rc.task.load, mcfg, rc.get("load", "eager"))
     ecfg = rc.get("eval")
     bos = bool(mcfg.get("bos_per_window", False))
     dense_eval: list[dict] = []

@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 
 from .allocation import OWLConfig, owl_allocation
 from .budget import NM, BudgetError, LayerBudget, parse_nm
-from .capture import capture_inputs, device_of, resolve_device, run_block
+from .capture import block_on, capture_inputs, resolve_device, run_block
 from .checkpoint import Checkpoint, fingerprint
 from .layers import CompressedLinear, SplitLinear, set_submodule
 from .models.adapters import Unit, get_adapter, text_config
+from .models.lazy import disk_weights
 from .registry import Factors, Method, get_method
 from .report import CompressionReport, LayerRecord
 from .stats import LayerStats, collect_stats
@@ -148,6 +149,10 @@ def compress_model(
     compressions: list[float | None] = [compression] * len(blocks)
     _validate_budgets(blocks, plan, method, compressions, nm)
 
+    weights = disk_weights(model)
+    if weights is not None and weights.streaming and not checkpoint_dir:
+        raise ValueError("a streamed model (load=stream) is written block by block to the checkpoint, its only "
+                         "copy: pass checkpoint_dir (checkpoint=true)")
     ckpt = None
     if checkpoint_dir:
         ckpt = Checkpoint(checkpoint_dir, fingerprint(model, method.describe(), compression, str(nm) if nm else None,
@@ -171,26 +176,26 @@ def compress_model(
 
     bar = tqdm(range(len(blocks)), desc=f"{method.name} blocks", disable=not progress)
     for i in bar:
-        block, host = blocks[i], device_of(blocks[i])
-        block.to(device)
-        targets = None
-        if dense is not None:  # the dense block's outputs, before it is compressed (or restored)
-            targets = run_block(block, dense, kwargs[i], device, batch_size, out=torch.empty_like(dense))
-        if i < start:  # compressed in an earlier run: restore and propagate
-            ckpt.restore_block(i, block)
-            block.to(device)
-        else:
-            job = BlockJob(i, block, plan[i], inps, dense, targets, kwargs[i], device, batch_size,
-                           collect_stats(block, plan[i], inps, kwargs[i], device, batch_size, method.needs),
-                           method, compressions[i], nm)
-            bar.set_postfix_str(f"block {i}")
-            method.compress_block(job)
-            records += job.records
-        dense = targets
-        run_block(block, inps, kwargs[i], device, batch_size, out=inps)
-        block.to(host)
-        if ckpt is not None and i >= start:
-            ckpt.save(i, block, records, owl_sparsity)
+        with block_on(model, i, blocks[i], device) as block:
+            targets = None
+            if dense is not None:  # the dense block's outputs, before it is compressed (or restored)
+                targets = run_block(block, dense, kwargs[i], device, batch_size, out=torch.empty_like(dense))
+            if i < start:  # compressed in an earlier run: restore and propagate
+                ckpt.restore_block(i, block)
+                block.to(device)
+            else:
+                job = BlockJob(i, block, plan[i], inps, dense, targets, kwargs[i], device, batch_size,
+                               collect_stats(block, plan[i], inps, kwargs[i], device, batch_size, method.needs),
+                               method, compressions[i], nm)
+                bar.set_postfix_str(f"block {i}")
+                method.compress_block(job)
+                records += job.records
+            dense = targets
+            run_block(block, inps, kwargs[i], device, batch_size, out=inps)
+            if ckpt is not None and i >= start:
+                ckpt.save(i, block, records, owl_sparsity)
+            if weights is not None and ckpt is not None:  # streaming: the checkpoint block is then its only copy
+                weights.compressed[i] = ckpt.block_file(i)
     del inps, dense, targets
     return CompressionReport(records, method=method.describe(), compression=compression,
                              nm=str(nm) if nm else None, owl_sparsity=owl_sparsity)

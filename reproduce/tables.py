@@ -30,7 +30,7 @@ CONF_DIR = REPO / "conf"
 KINDS = ("table", "figure")
 # Settings that do not change a run's numbers; they are left out of its identity.
 NON_IDENTITY_KEYS = ("progress", "checkpoint", "save_model", "data_root", "device", "batch_size",
-                     "offload_activations", "evaluate_dense")
+                     "offload_activations", "evaluate_dense", "load")
 # Keys of the reproduce app itself; every other override the user types applies to each run.
 APP_KEYS = ("table", "launcher", "results_dir", "rerun", "wandb", "hydra", "only", "dry_run", "repeat",
             "gather_only")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..capture import batches, capture_inputs, device_of, resolve_device, run_block
+from ..capture import batches, block_on, capture_inputs, device_of, resolve_device, run_block
 from ..models.adapters import UnsupportedArchitectureError, get_adapter, text_config
 
 
@@ -57,10 +57,8 @@ def blockwise_window_nll(model: nn.Module, windows: torch.Tensor, device: str | 
     blocks = adapter.blocks(model)
     hidden, kwargs = capture_inputs(model, blocks, windows, device, torch.device("cpu"))
     for i in tqdm(range(len(blocks)), desc="ppl blocks", disable=not progress):
-        block, host = blocks[i], device_of(blocks[i])
-        block.to(device)
-        run_block(block, hidden, kwargs[i], device, batch_size, out=hidden)
-        block.to(host)
+        with block_on(model, i, blocks[i], device) as block:
+            run_block(block, hidden, kwargs[i], device, batch_size, out=hidden)
     norm = final_norm(model)
     hosts = device_of(norm), device_of(head)
     norm.to(device), head.to(device)

@@ -26,6 +26,7 @@ never a hub-client stack trace.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .base import DTYPES, ModelNotAvailableError, resolve_dtype
 from .builtin import BUILTIN_MODELS, BuiltinModel, resolve_builtin
 from .gguf_cache import cached_gguf_folder, gguf_cache_path, gguf_fingerprint
+from .lazy import load_lazy
 from .pretrained import load_hub, load_pretrained
 from .tiny import TINY_RANDOM, tiny_random_llama
 
@@ -58,10 +60,14 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
+LOADS = ("eager", "lazy", "stream")
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     dtype: str | torch.dtype = "float32",
     cache_dir: str | Path | None = None,
+    load: str = "eager",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode on CPU, with ``use_cache=False``.
 
@@ -73,6 +79,9 @@ def load_model(
         cache_dir: the project cache (dequantised GGUF copies); default
             ``OATS_CACHE_DIR`` or ``~/.cache/oats-repro``. Hub downloads use the
             Hugging Face cache as usual.
+        load: ``"eager"`` (the whole model in memory), ``"lazy"`` (blocks read from the
+            safetensors files when the driver reaches them) or ``"stream"`` (lazy, and each
+            compressed block released once written): :mod:`oats.models.lazy`.
 
     Raises:
         ValueError: unsupported ``dtype``.
@@ -80,6 +89,9 @@ def load_model(
             or which path to set).
     """
     torch_dtype = resolve_dtype(dtype)
+    if load not in LOADS:
+        raise ValueError(f"load={load!r} is not a way to load a model; allowed: {', '.join(LOADS)}")
+    source = load_pretrained if load == "eager" else partial(_load_lazy, streaming=load == "stream")
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
     if name == TINY_RANDOM:
@@ -87,11 +99,11 @@ def load_model(
     elif name in BUILTIN_MODELS:
         path = resolve_builtin(name, cache_dir)
     if path.is_file() and path.suffix == ".gguf":
-        model, tokenizer = load_pretrained(str(cached_gguf_folder(path, cache_dir)), torch_dtype)
+        model, tokenizer = source(str(cached_gguf_folder(path, cache_dir)), torch_dtype)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotAvailableError(f"{path} is a folder but holds no config.json (not a model folder)")
-        model, tokenizer = load_pretrained(str(path), torch_dtype)
+        model, tokenizer = source(str(path), torch_dtype)
     elif path.exists():
         raise ModelNotAvailableError(f"{path} is a file but not a .gguf file; pass a model folder or .gguf file")
     elif _looks_like_path(name):
@@ -99,7 +111,22 @@ def load_model(
             f"no such model file or folder: {path}; built-ins: {', '.join(sorted(BUILTIN_MODELS))}"
         )
     else:
-        model, tokenizer = load_hub(name, torch_dtype)
+        model, tokenizer = load_hub(name, torch_dtype, source)
     model.eval()
     model.config.use_cache = False
     return model, tokenizer
+
+
+def _load_lazy(source: str, dtype: torch.dtype, streaming: bool, **kwargs) -> tuple[PreTrainedModel,
+                                                                                   PreTrainedTokenizerBase]:
+    """Like :func:`load_pretrained`, with the blocks left on disk (a hub id: its snapshot folder)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(source)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                "*.jinja"], local_files_only=kwargs.get(
+                                                                    "local_files_only", False)))
+    return load_lazy(folder, dtype, streaming), AutoTokenizer.from_pretrained(str(folder), **kwargs)

@@ -21,8 +21,9 @@ def load_pretrained(
     return model, tokenizer
 
 
-def load_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a hub id; unreachable hub -> only the local HF cache is tried, quickly.
+def load_hub(name: str, dtype: torch.dtype, source=None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a hub id (with ``source(name, dtype, **kwargs)``, default :func:`load_pretrained`);
+    unreachable hub -> only the local HF cache is tried, quickly.
 
     Raises:
         ModelNotAvailableError: neither the hub nor the local Hugging Face cache has it.
@@ -33,4 +34,4 @@ def load_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrained
         "the path of a model folder or .gguf file, or a hub id with network access.",
         checked=f"it is no local folder or file, no built-in ({', '.join(sorted(BUILTIN_MODELS))})",
     ) as local_only:
-        return load_pretrained(name, dtype, local_files_only=local_only)
+        return (source or load_pretrained)(name, dtype, local_files_only=local_only)

@@ -8,12 +8,13 @@ from torch import nn
 
 from ..data.calibration import STYLES, get_calibration
 from ..evaluations import ConfigError, check_choice, positive_int
-from ..models.loading import load_model
+from ..models.loading import LOADS, load_model
 from .base import Task
 
 
 class TextTask(Task):
     kind = "text"
+    loads = LOADS
 
     def check_data(self, data: Mapping[str, Any]) -> None:
         if data.get("kind", "tokens") != "tokens":
@@ -22,8 +23,8 @@ class TextTask(Task):
         positive_int("data.seqlen", data.get("seqlen"))
         check_choice("data.style", data.get("style"), STYLES)
 
-    def load(self, mcfg: Mapping[str, Any]) -> tuple[nn.Module, Any]:
-        return load_model(mcfg["name"], dtype=mcfg.get("dtype", "float32"))
+    def load(self, mcfg: Mapping[str, Any], load: str = "eager") -> tuple[nn.Module, Any]:
+        return load_model(mcfg["name"], dtype=mcfg.get("dtype", "float32"), load=load)
 
     def calibrate(self, tokenizer: Any, dcfg: Mapping[str, Any], data_root: str | None,
                   mcfg: Mapping[str, Any]) -> torch.Tensor:

@@ -23,7 +23,7 @@ class VisionTask(Task):
             raise ConfigError(f"data.kind={data.get('kind')!r}: a vision model (model.kind=vision) calibrates on "
                               "images; use a data config with kind: images (data=imagenet, data=fmnist)")
 
-    def load(self, mcfg: Mapping[str, Any]) -> tuple[nn.Module, Any]:
+    def load(self, mcfg: Mapping[str, Any], load: str = "eager") -> tuple[nn.Module, Any]:
         from ..vision.models import load_vision_model
 
         return load_vision_model(mcfg["name"], dtype=mcfg.get("dtype", "float32"), image_size=mcfg.get("image_size"))

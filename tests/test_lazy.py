@@ -1,0 +1,168 @@
+"""Models on disk (load=lazy / load=stream): the same weights, compression and perplexity as the whole model
+in memory, block by block; a streamed model is never whole in memory; bad weight files are named."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from oats.allocation import OWLConfig
+from oats.config import RunConfig
+from oats.eval.blockwise import blockwise_window_nll
+from oats.evaluations import ConfigError
+from oats.models.base import ModelNotAvailableError
+from oats.models.lazy import WeightFileError, disk_weights, load_lazy
+from oats.registry import get_method
+from oats.sequential import compress_model
+from tiny_models import TINY, calib_ids
+
+
+def save_folder(model, folder):
+    model.save_pretrained(folder)  # config.json + model.safetensors (tied head left out)
+    return folder
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def folder(request, tmp_path):
+    return save_folder(TINY[request.param](layers=3), tmp_path / "model")
+
+
+def is_meta(module) -> bool:
+    return all(p.device.type == "meta" for p in module.parameters())
+
+
+def test_lazy_model_loads_the_same_weights_block_by_block(folder):
+    from transformers import AutoModelForCausalLM
+
+    eager = AutoModelForCausalLM.from_pretrained(folder).eval()
+    lazy = load_lazy(folder, torch.float32)
+    weights = disk_weights(lazy)
+    blocks = lazy.model.layers
+    assert all(is_meta(b) for b in blocks) and not is_meta(lazy.model.embed_tokens)
+    tied = eager.lm_head.weight is eager.model.embed_tokens.weight  # Gemma-3 ties them, this Llama does not
+    assert (lazy.lm_head.weight is lazy.model.embed_tokens.weight) == tied
+    weights.load(1, blocks[1])
+    assert not is_meta(blocks[1]) and is_meta(blocks[0])
+    weights.load_all(lazy)
+    reference = eager.state_dict()
+    assert set(lazy.state_dict()) == set(reference)
+    assert all(torch.equal(v, reference[k]) for k, v in lazy.state_dict().items())
+
+
+@pytest.mark.parametrize("method,owl", [("oats", False), ("wanda", True), ("sparsegpt", False)])
+def test_lazy_and_streamed_compression_equal_the_eager_one(folder, tmp_path, method, owl):
+    """Bit-identical compressed weights (lazy) and block-by-block NLL (lazy, stream), OWL's dense pass included;
+    a streamed model ends with every block released, the checkpoint being the compressed model."""
+    from transformers import AutoModelForCausalLM
+
+    calib, windows = calib_ids(), calib_ids(3, 24, seed=5)
+    m = get_method(method, **({"rank_ratio": 0.3, "iterations": 3} if method == "oats" else {}))
+    owl_cfg = OWLConfig(lam=0.05) if owl else None
+    eager = AutoModelForCausalLM.from_pretrained(folder).eval()
+    compress_model(eager, calib, m, 0.5, owl=owl_cfg, progress=False)
+    expected = blockwise_window_nll(eager, windows)
+    for mode in ("lazy", "stream"):
+        model = load_lazy(folder, torch.float32, streaming=mode == "stream")
+        report = compress_model(model, calib, m, 0.5, owl=owl_cfg, checkpoint_dir=tmp_path / mode, progress=False)
+        assert len(report.layers) == 21
+        if mode == "lazy":
+            reference = eager.state_dict()
+            assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+        else:
+            assert all(is_meta(b) for b in model.model.layers)
+        assert torch.equal(blockwise_window_nll(model, windows), expected)
+        if mode == "stream":
+            assert all(is_meta(b) for b in model.model.layers)  # evaluated and released again
+
+
+def test_streamed_run_resumes_from_its_checkpoint(folder, tmp_path, monkeypatch):
+    calib, windows = calib_ids(), calib_ids(2, 24, seed=5)
+    method = get_method("wanda")
+    full = load_lazy(folder, torch.float32, streaming=True)
+    compress_model(full, calib, method, 0.5, checkpoint_dir=tmp_path / "full", progress=False)
+    expected = blockwise_window_nll(full, windows)
+
+    real, calls = type(method).compress, {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 10:  # block 1
+            raise RuntimeError("simulated crash")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(method), "compress", flaky)
+    with pytest.raises(RuntimeError, match="simulated"):
+        compress_model(load_lazy(folder, torch.float32, streaming=True), calib, method, 0.5,
+                       checkpoint_dir=tmp_path / "run", progress=False)
+    monkeypatch.setattr(type(method), "compress", real)
+    resumed = load_lazy(folder, torch.float32, streaming=True)
+    compress_model(resumed, calib, method, 0.5, checkpoint_dir=tmp_path / "run", progress=False)
+    assert torch.equal(blockwise_window_nll(resumed, windows), expected)
+    for i in range(3):
+        assert (tmp_path / "run" / f"block_{i:04d}.safetensors").read_bytes() == \
+            (tmp_path / "full" / f"block_{i:04d}.safetensors").read_bytes()
+
+
+def test_bad_weight_folders_are_named(tmp_path):
+    model = TINY["llama"](layers=2)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model.config.save_pretrained(empty)
+    with pytest.raises(ModelNotAvailableError, match=f"{empty} holds no .safetensors"):
+        load_lazy(empty, torch.float32)
+
+    truncated = save_folder(model, tmp_path / "truncated")
+    shard = truncated / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(WeightFileError, match=f"{shard}.*truncated or damaged"):
+        load_lazy(truncated, torch.float32)
+
+    quantised = save_folder(model, tmp_path / "int8")
+    tensors = {k: v.to(torch.int8) if "layers.0.mlp" in k else v for k, v in model.state_dict().items()}
+    save_file(tensors, quantised / "model.safetensors")
+    lazy = load_lazy(quantised, torch.float32)  # outside the blocks: fine
+    with pytest.raises(WeightFileError, match="layers.0.mlp.* stored as torch.int8"):
+        disk_weights(lazy).load(0, lazy.model.layers[0])
+
+    missing = save_folder(model, tmp_path / "missing")
+    save_file({k: v for k, v in tensors.items() if "layers.1.input_layernorm" not in k},
+              missing / "model.safetensors")
+    lazy = load_lazy(missing, torch.float32)
+    with pytest.raises(WeightFileError, match="model.layers.1.input_layernorm.weight"):
+        disk_weights(lazy).load(1, lazy.model.layers[1])
+
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        compress_model(load_lazy(save_folder(model, tmp_path / "ok"), torch.float32, streaming=True), calib_ids(),
+                       "wanda", 0.5, progress=False)
+
+
+def run_config(**over):
+    cfg = {"model": {"name": "tiny-random-llama", "dtype": "float32"}, "method": {"name": "wanda"},
+           "compression": 0.5, "data": {"source": "calib/wiki_vital_en.txt", "nsamples": 4, "seqlen": 64, "style": "concat", "seed": 42},
+           "eval": {"perplexity": {"source": "wikitext2", "seqlen": 64, "max_windows": 2}}, "device": "cpu"}
+    return {**cfg, **over}
+
+
+def test_load_setting_is_checked_before_any_work():
+    assert RunConfig.parse(run_config(load="stream"))
+    with pytest.raises(ConfigError, match="load='mmap'.*eager, lazy, stream"):
+        RunConfig.parse(run_config(load="mmap"))
+    with pytest.raises(ConfigError, match="eval.lm_eval needs the whole model"):
+        RunConfig.parse(run_config(load="stream", eval={"perplexity": {"seqlen": 64},
+                                                        "lm_eval": [{"tasks": ["piqa_local"]}]}))
+    with pytest.raises(ConfigError, match="keep checkpoint=true"):
+        RunConfig.parse(run_config(load="stream", checkpoint=False))
+    with pytest.raises(ConfigError, match="keep checkpoint=true"):
+        RunConfig.parse(run_config(load="stream", save_model=True))
+    RunConfig.parse(run_config(load="lazy", eval={"lm_eval": [{"tasks": ["piqa_local"]}]}))  # lazy: whole model ok
+
+
+def test_streamed_pipeline_run_equals_the_eager_one(tmp_path):
+    from oats.pipeline import run
+
+    results = {}
+    for load in ("eager", "stream"):
+        results[load] = run(run_config(load=load, progress=False), tmp_path / load)
+    eager, stream = (results[k]["metrics"][0] for k in ("eager", "stream"))
+    assert stream["value"] == eager["value"] and stream["blockwise"] and not eager["blockwise"]
+    assert json.loads((tmp_path / "stream" / "checkpoint" / "state.json").read_text())["next_block"] == 2
