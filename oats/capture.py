@@ -13,6 +13,7 @@ from torch import nn
 
 from .models.adapters import get_adapter
 from .models.lazy import disk_weights
+from .profile import phase
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -52,13 +53,30 @@ def block_on(model: nn.Module, i: int, block: nn.Module, device: torch.device) -
     """
     weights = disk_weights(model)
     if weights is not None:
-        weights.load(i, block)
+        with phase("load"):
+            weights.load(i, block)
     host = device_of(block)
     block.to(device)
     yield block
     block.to(host)
     if weights is not None:
-        weights.done(i, block)
+        with phase("release"):
+            weights.done(i, block)
+
+
+@contextmanager
+def outside_blocks(model: nn.Module) -> Iterator[nn.Module]:
+    """The model's tensors outside its blocks (embeddings, final norm, head) in memory for the body;
+    a streamed model on disk (:mod:`oats.models.lazy`) reads them first and frees them after."""
+    weights = disk_weights(model)
+    if weights is not None:
+        with phase("load"):
+            weights.load_outside(model)
+    try:
+        yield model
+    finally:
+        if weights is not None and weights.streaming:
+            weights.release_outside(model)
 
 
 class _StopForward(Exception):
@@ -98,18 +116,21 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, calib: torch.Tensor,
     call = call or get_adapter(model).call
     originals = list(blocks)
     store: dict = {"inputs": [], "kwargs": [None] * len(blocks), "keep_on": keep_on}
-    host = device_of(model)
     for i in range(len(blocks)):
         blocks[i] = _Catcher(i, len(blocks) - 1, store)
     try:
-        model.to(device)  # moves embeddings, rotary tables, norms; blocks are detached
-        for item in calib:
+        with outside_blocks(model):
+            host = device_of(model)
+            model.to(device)  # moves embeddings, rotary tables, norms; blocks are detached
             try:
-                call(model, item.to(device))
-            except _StopForward:
-                pass
+                for item in calib:
+                    try:
+                        call(model, item.to(device))
+                    except _StopForward:
+                        pass
+            finally:
+                model.to(host)
     finally:
-        model.to(host)
         for i, block in enumerate(originals):
             blocks[i] = block
     return torch.cat(store["inputs"]), store["kwargs"]

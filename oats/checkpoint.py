@@ -88,15 +88,25 @@ class Checkpoint:
         return self.folder / f"block_{i:04d}.safetensors"
 
     def save(self, i: int, block: nn.Module, records: list[LayerRecord], owl: list[float] | None) -> None:
-        path = save_compressed(block, self.block_file(i))
-        self.checksums[str(i)] = file_sha256(path)
-        atomic_write_json(self.state_path, {
-            "fingerprint": self.fingerprint,
-            "next_block": i + 1,
-            "checksums": self.checksums,
-            "records": [asdict(r) for r in records],
-            "owl_sparsity": owl,
-        })
+        """Write block ``i`` then the state naming it. A write that fails (a full disk, a lost mount)
+        leaves the last good state in place and raises :class:`CheckpointError` naming the file."""
+        path = self.block_file(i)
+        try:
+            save_compressed(block, path)
+            checksum = file_sha256(path)
+            path = self.state_path
+            atomic_write_json(path, {
+                "fingerprint": self.fingerprint,
+                "next_block": i + 1,
+                "checksums": {**self.checksums, str(i): checksum},
+                "records": [asdict(r) for r in records],
+                "owl_sparsity": owl,
+            })
+        except OSError as err:
+            raise CheckpointError(f"cannot write checkpoint file {path} ({err.strerror or err}); blocks 0-{i - 1} "
+                                  f"are kept in {self.folder}: free space there (or fix the folder) and run the "
+                                  f"same command again to resume from block {i}") from err
+        self.checksums[str(i)] = checksum
 
     def restore_block(self, i: int, block: nn.Module) -> None:
         load_compressed(block, self.block_file(i))

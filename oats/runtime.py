@@ -146,3 +146,25 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
         return False
     m_mmap_threshold = -3
     return bool(mallopt(m_mmap_threshold, int(threshold)))
+
+
+def drop_pages(t) -> None:
+    """Tell the kernel this process no longer needs the whole memory pages under CPU tensor ``t``
+    (``madvise(MADV_DONTNEED)``). Only for a tensor in a read-only file mapping that nothing reads
+    again: its pages leave the resident set (the file keeps them in the page cache). No-op where
+    the C library has no ``madvise``."""
+    import ctypes
+    import ctypes.util
+    import mmap
+
+    start, nbytes = t.data_ptr(), t.numel() * t.element_size()
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, (start + nbytes) // page * page
+    if last <= first:
+        return
+    try:
+        madvise = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+    except (OSError, AttributeError):
+        return
+    madvise_dontneed = 4
+    madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), madvise_dontneed)

@@ -23,6 +23,7 @@ from .checkpoint import Checkpoint, fingerprint
 from .layers import CompressedLinear, SplitLinear, set_submodule
 from .models.adapters import Unit, get_adapter, text_config
 from .models.lazy import disk_weights
+from .profile import phase
 from .registry import Factors, Method, get_method
 from .report import CompressionReport, LayerRecord
 from .stats import LayerStats, collect_stats
@@ -171,7 +172,8 @@ def compress_model(
         print(f"resuming from checkpoint {checkpoint_dir}: blocks 0-{start - 1} of {len(blocks)} already compressed",
               flush=True)
     keep_on = torch.device("cpu") if offload_activations else device
-    inps, kwargs = capture_inputs(model, blocks, calib, device, keep_on)
+    with phase("capture"):
+        inps, kwargs = capture_inputs(model, blocks, calib, device, keep_on)
     dense = inps.clone() if method.needs_targets else None  # the dense model's stream: inputs to block i
 
     bar = tqdm(range(len(blocks)), desc=f"{method.name} blocks", disable=not progress)
@@ -179,21 +181,26 @@ def compress_model(
         with block_on(model, i, blocks[i], device) as block:
             targets = None
             if dense is not None:  # the dense block's outputs, before it is compressed (or restored)
-                targets = run_block(block, dense, kwargs[i], device, batch_size, out=torch.empty_like(dense))
+                with phase("propagate"):
+                    targets = run_block(block, dense, kwargs[i], device, batch_size, out=torch.empty_like(dense))
             if i < start:  # compressed in an earlier run: restore and propagate
                 ckpt.restore_block(i, block)
                 block.to(device)
             else:
-                job = BlockJob(i, block, plan[i], inps, dense, targets, kwargs[i], device, batch_size,
-                               collect_stats(block, plan[i], inps, kwargs[i], device, batch_size, method.needs),
+                with phase("statistics"):
+                    stats = collect_stats(block, plan[i], inps, kwargs[i], device, batch_size, method.needs)
+                job = BlockJob(i, block, plan[i], inps, dense, targets, kwargs[i], device, batch_size, stats,
                                method, compressions[i], nm)
                 bar.set_postfix_str(f"block {i}")
-                method.compress_block(job)
+                with phase("compress"):
+                    method.compress_block(job)
                 records += job.records
             dense = targets
-            run_block(block, inps, kwargs[i], device, batch_size, out=inps)
+            with phase("propagate"):
+                run_block(block, inps, kwargs[i], device, batch_size, out=inps)
             if ckpt is not None and i >= start:
-                ckpt.save(i, block, records, owl_sparsity)
+                with phase("checkpoint"):
+                    ckpt.save(i, block, records, owl_sparsity)
             if weights is not None and ckpt is not None:  # streaming: the checkpoint block is then its only copy
                 weights.compressed[i] = ckpt.block_file(i)
     del inps, dense, targets

@@ -1,11 +1,17 @@
-"""Whole-model compression cost: wall time and peak resident memory per method, and memory vs calibration size.
+"""Whole-model compression cost: wall time and peak resident memory per method, per phase, and their growth.
 
     python reproduce/bench_model.py methods --iterations 20  # SmolLM2-135M at 50%, every method
-    python reproduce/bench_model.py memory                  # peak memory vs nsamples and seqlen (Wanda)
+    python reproduce/bench_model.py memory                  # per-phase profile (eager / lazy / stream) and the
+                                                            # growth with calibration size and model size (PNG)
 
-Each measurement runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its own.
-The model is loaded from the dequantised cache; the calibration set is fixed (local
-Wikipedia text cut into windows, seed 42). --threads sets torch threads.
+Each measurement runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its own. ``memory``
+prints, for Wanda and OATS on SmolLM2-135M loaded each way (``load=eager|lazy|stream``), the
+seconds and the peak RSS of each phase (:mod:`oats.profile`: load, capture, statistics,
+compress, propagate, checkpoint, evaluate); then peak RSS and seconds for nsamples 8..128
+(SmolLM2, 512 tokens) and for synthetic Llamas of SmolLM2's shapes with 2..30 blocks
+(eager against streamed), plotted to ``results/bench/memory_growth.png``.
+The calibration set is fixed (local Wikipedia text cut into windows, seed 42; random ids for
+the synthetic models). --threads sets torch threads.
 """
 from __future__ import annotations
 
@@ -15,8 +21,18 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from oats.runtime import cpu_model  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[1] / "results" / "bench"
+SMOLLM2_SHAPES = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+                  "vocab_size": 49152}
 
 
 def methods(iterations: int) -> list[tuple[str, dict]]:
@@ -27,32 +43,135 @@ def methods(iterations: int) -> list[tuple[str, dict]]:
 
 
 def child(spec: dict) -> None:
-    """Runs in the subprocess: load, calibrate, compress; print one JSON line."""
+    """Runs in the subprocess: load, calibrate, compress (and evaluate); print one JSON line."""
     import torch
 
     from oats.config import build_method
     from oats.data.calibration import get_calibration
     from oats.models.loading import load_model
+    from oats.profile import Profile, phase
     from oats.sequential import compress_model
 
     torch.set_num_threads(spec.get("threads") or os.cpu_count() or 1)
-    model, tok = load_model("smollm2-135m")
-    calib = get_calibration(tok, source="wiki_vital_en", nsamples=spec["nsamples"], seqlen=spec["seqlen"],
-                            style="concat", seed=42)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    method = build_method(spec["method"])
-    t = time.perf_counter()
-    report = compress_model(model, calib, method, 0.5, device=spec.get("device", "cpu"), progress=False)
-    seconds = time.perf_counter() - t
+    load = spec.get("load", "eager")
+    with tempfile.TemporaryDirectory() as work, Profile() as prof:
+        with phase("load"):
+            if spec.get("synthetic"):
+                from oats.models.lazy import load_lazy
+                from oats.models.pretrained import own_memory
+
+                folder = Path(spec["synthetic"])
+                if load == "eager":
+                    from transformers import AutoModelForCausalLM
+
+                    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+                    own_memory(model)
+                else:
+                    model = load_lazy(folder, torch.float32, streaming=load == "stream")
+                calib = torch.randint(model.config.vocab_size, (spec["nsamples"], spec["seqlen"]),
+                                      generator=torch.Generator().manual_seed(42))
+            else:
+                model, tok = load_model("smollm2-135m", load=load)
+        loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if not spec.get("synthetic"):
+            calib = get_calibration(tok, source="wiki_vital_en", nsamples=spec["nsamples"], seqlen=spec["seqlen"],
+                                    style="concat", seed=42)
+        method = build_method(spec["method"])
+        t = time.perf_counter()
+        report = compress_model(model, calib, method, 0.5, device=spec.get("device", "cpu"), progress=False,
+                                checkpoint_dir=Path(work) / "ckpt" if load == "stream" else None)
+        seconds = time.perf_counter() - t
+        if spec.get("evaluate"):
+            from oats.eval.blockwise import blockwise_window_nll
+
+            with phase("evaluate"):
+                blockwise_window_nll(model, calib[:4])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak / 1024, "rss_before_compress_mib": before / 1024,
-                      "compression": report.totals()["compression"]}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak / 1024, "rss_after_load_mib": loaded / 1024,
+                      "compression": report.totals()["compression"], "phases": prof.rows}))
 
 
 def measure(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"measurement {spec} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def phase_table(label: str, r: dict) -> str:
+    lines = [f"{label}: {r['seconds']:.1f} s compressing, peak RSS {r['peak_rss_mib']:.0f} MiB "
+             f"(after load {r['rss_after_load_mib']:.0f} MiB)",
+             f"  {'phase':<16}{'calls':>6}{'seconds':>10}{'peak RSS MiB':>14}"]
+    lines += [f"  {name:<16}{int(v['calls']):>6}{v['seconds']:>10.2f}{v['peak_mib']:>14.0f}"
+              for name, v in r["phases"].items()]
+    return "\n".join(lines)
+
+
+def memory(args) -> None:
+    import pandas as pd
+
+    base = {"seqlen": args.seqlen, "device": args.device, "threads": args.threads}
+    print(f"CPU {cpu_model()}, {args.threads} threads; SmolLM2-135M at 0.5, "
+          f"calibration {args.nsamples} x {args.seqlen}")
+    oats = {"name": "oats", "iterations": args.iterations}
+    for label, mcfg in (("Wanda", {"name": "wanda"}), (f"OATS ({args.iterations} it)", oats)):
+        for load in ("eager", "lazy", "stream"):
+            r = measure({**base, "method": mcfg, "nsamples": args.nsamples, "load": load, "evaluate": True})
+            print(phase_table(f"{label}, load={load}", r), flush=True)
+    rows = []
+    for n in (8, 16, 32, 64, 128):
+        for load in ("eager", "stream"):
+            r = measure({**base, "method": {"name": "wanda"}, "nsamples": n, "load": load})
+            rows.append({"sweep": "nsamples", "x": n, "load": load, "seconds": r["seconds"],
+                         "peak_rss_mib": r["peak_rss_mib"]})
+            print(f"  Wanda, nsamples {n}, load={load}: {r['seconds']:.1f} s, peak {r['peak_rss_mib']:.0f} MiB",
+                  flush=True)
+    from reproduce.bench_large import write_synthetic_llama
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for blocks in (2, 4, 8, 16, 30):
+            folder = Path(tmp) / f"synth{blocks}"
+            size = write_synthetic_llama(folder, blocks, **SMOLLM2_SHAPES)
+            for load in ("eager", "stream"):
+                r = measure({**base, "method": {"name": "wanda"}, "nsamples": 8, "load": load,
+                             "synthetic": str(folder)})
+                rows.append({"sweep": "blocks", "x": blocks, "load": load, "seconds": r["seconds"],
+                             "peak_rss_mib": r["peak_rss_mib"], "model_mib": size / 2**20})
+                print(f"  Wanda, synthetic {blocks} blocks ({size / 2**20:.0f} MiB), load={load}: "
+                      f"{r['seconds']:.1f} s, peak {r['peak_rss_mib']:.0f} MiB", flush=True)
+    table = pd.DataFrame(rows)
+    print()
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
+    OUT.mkdir(parents=True, exist_ok=True)
+    table.to_csv(OUT / "memory_growth.csv", index=False)
+    plot(table, OUT / "memory_growth.png", args)
+
+
+def plot(table, path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for col, (sweep, xlabel) in enumerate((("nsamples", f"calibration sequences ({args.seqlen} tokens), SmolLM2"),
+                                           ("blocks", "blocks (synthetic Llama, SmolLM2 shapes; 8 x 512 calib)"))):
+        part = table[table.sweep == sweep]
+        for load, grp in part.groupby("load"):
+            axes[0, col].plot(grp.x, grp.peak_rss_mib, "o-", label=f"load={load}")
+            axes[1, col].plot(grp.x, grp.seconds, "o-", label=f"load={load}")
+        if sweep == "blocks":
+            sizes = part.drop_duplicates("x")
+            axes[0, col].plot(sizes.x, sizes.model_mib, "k--", label="model size (fp32)")
+        for row, ylabel in enumerate(("peak RSS (MiB)", "compression seconds (Wanda)")):
+            axes[row, col].set(xlabel=xlabel, ylabel=ylabel, xscale="log", xticks=sorted(part.x.unique()))
+            axes[row, col].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axes[row, col].legend()
+    fig.suptitle(f"Peak memory and time vs calibration and model size ({cpu_model()},"
+                 f" {args.threads} threads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -62,32 +181,26 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--iterations", type=int, default=80, help="OATS iterations (both solvers)")
+    p.add_argument("--iterations", type=int, default=80, help="OATS iterations")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
+    if args.what == "memory":
+        memory(args)
+        return
     import pandas as pd
 
     rows = []
-    if args.what == "methods":
-        print(f"SmolLM2-135M, compression 0.5, calibration {args.nsamples} x {args.seqlen} tokens "
-              f"(wiki_vital_en, concat, seed 42), device {args.device}, {args.threads} threads")
-        for label, method in methods(args.iterations):
-            r = measure({"method": method, "nsamples": args.nsamples, "seqlen": args.seqlen, "device": args.device,
-                         "threads": args.threads})
-            rows.append({"method": label, **r})
-            print(f"  {label}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
-    else:
-        print("Wanda on SmolLM2-135M at 0.5: peak RSS vs calibration size (activations of one block, "
-              "kept for all sequences, plus the model)")
-        for n, L in [(8, 512), (32, 512), (128, 512), (32, 128), (32, 2048)]:
-            r = measure({"method": {"name": "wanda"}, "nsamples": n, "seqlen": L, "device": args.device,
-                         "threads": args.threads})
-            act_mib = n * L * 576 * 4 / 2**20
-            rows.append({"nsamples": n, "seqlen": L, "activations_mib": act_mib, **r})
-            print(f"  {n} x {L}: peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+    print(f"SmolLM2-135M, compression 0.5, calibration {args.nsamples} x {args.seqlen} tokens "
+          f"(wiki_vital_en, concat, seed 42), device {args.device}, {args.threads} threads, "
+          f"CPU {cpu_model()}")
+    for label, method in methods(args.iterations):
+        r = measure({"method": method, "nsamples": args.nsamples, "seqlen": args.seqlen, "device": args.device,
+                     "threads": args.threads})
+        rows.append({"method": label, "seconds": r["seconds"], "peak_rss_mib": r["peak_rss_mib"]})
+        print(f"  {label}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     print()
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.1f}"))
 

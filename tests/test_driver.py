@@ -212,6 +212,35 @@ def test_damaged_checkpoint_block_is_named_and_recomputed(tmp_path, damage, caps
     assert json.loads((tmp_path / "state.json").read_text())["checksums"] == state["checksums"]
 
 
+def test_disk_full_while_writing_a_block_is_named_and_resumable(tmp_path, monkeypatch):
+    """A checkpoint write that fails (ENOSPC) names the file, keeps the blocks before it, and the same call
+    once space is back resumes from that block to the same weights."""
+    import errno
+
+    import oats.checkpoint as ckpt_module
+
+    calib, method = calib_ids(), get_method("wanda")
+    reference = TINY["llama"](layers=3)
+    compress_model(reference, calib, method, 0.5, progress=False)
+    real = ckpt_module.save_compressed
+
+    def full_disk(block, path):
+        if path.name == "block_0001.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(block, path)
+
+    monkeypatch.setattr(ckpt_module, "save_compressed", full_disk)
+    with pytest.raises(CheckpointError, match="block_0001.safetensors .No space left on device.*resume from block 1"):
+        compress_model(TINY["llama"](layers=3), calib, method, 0.5, checkpoint_dir=tmp_path, progress=False)
+    assert json.loads((tmp_path / "state.json").read_text())["next_block"] == 1
+    monkeypatch.setattr(ckpt_module, "save_compressed", real)
+    resumed = TINY["llama"](layers=3)
+    compress_model(resumed, calib, method, 0.5, checkpoint_dir=tmp_path, progress=False)
+    x = calib_ids(1, 16, seed=9)
+    with torch.no_grad():
+        assert torch.equal(resumed(x).logits, reference(x).logits)
+
+
 def test_save_load_compressed_model(tmp_path):
     model = TINY["phi3"]()
     oats.compress(model, calib_ids(), "oats", 0.5, progress=False, rank_ratio=0.3, iterations=2)

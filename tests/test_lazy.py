@@ -73,6 +73,7 @@ def test_lazy_and_streamed_compression_equal_the_eager_one(folder, tmp_path, met
         assert torch.equal(blockwise_window_nll(model, windows), expected)
         if mode == "stream":
             assert all(is_meta(b) for b in model.model.layers)  # evaluated and released again
+            assert is_meta(model.model.embed_tokens) and is_meta(model.lm_head)  # read for each pass only
 
 
 def test_streamed_run_resumes_from_its_checkpoint(folder, tmp_path, monkeypatch):
@@ -166,3 +167,28 @@ def test_streamed_pipeline_run_equals_the_eager_one(tmp_path):
     eager, stream = (results[k]["metrics"][0] for k in ("eager", "stream"))
     assert stream["value"] == eager["value"] and stream["blockwise"] and not eager["blockwise"]
     assert json.loads((tmp_path / "stream" / "checkpoint" / "state.json").read_text())["next_block"] == 2
+
+
+def in_file_mapping(model, file) -> int:
+    """How many of the model's parameters point into a memory mapping of ``file`` (/proc/self/maps)."""
+    ranges = [tuple(int(x, 16) for x in line.split()[0].split("-"))
+              for line in open("/proc/self/maps") if line.rstrip().endswith(str(file))]
+    return sum(any(a <= p.data_ptr() < b for a, b in ranges) for p in model.parameters())
+
+
+def test_eager_load_owns_its_memory_and_keeps_ties(folder):
+    """own_memory (load_pretrained's last step) copies the weights out of the memory-mapped file, so a replaced
+    layer frees its weight: same values, tied embeddings still one tensor, no parameter left in the mapping."""
+    from transformers import AutoModelForCausalLM
+
+    from oats.models.pretrained import own_memory
+
+    file = (folder / "model.safetensors").resolve()
+    mapped, owned = AutoModelForCausalLM.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    own_memory(owned)
+    assert in_file_mapping(mapped, file) > 0  # what from_pretrained gives: the check can see it
+    assert in_file_mapping(owned, file) == 0
+    reference = mapped.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in owned.state_dict().items())
+    assert (owned.lm_head.weight is owned.model.embed_tokens.weight) == \
+        (mapped.lm_head.weight is mapped.model.embed_tokens.weight)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..capture import batches, block_on, capture_inputs, device_of, resolve_device, run_block
+from ..capture import batches, block_on, capture_inputs, device_of, outside_blocks, resolve_device, run_block
 from ..models.adapters import UnsupportedArchitectureError, get_adapter, text_config
 
 
@@ -50,8 +50,7 @@ def blockwise_window_nll(model: nn.Module, windows: torch.Tensor, device: str | 
     adapter = get_adapter(model)
     if adapter.inputs != "tokens":
         raise UnsupportedArchitectureError(f"block-by-block perplexity needs a causal LM, not a {adapter.name} model")
-    head = model.get_output_embeddings()
-    if head is None:
+    if model.get_output_embeddings() is None:
         raise UnsupportedArchitectureError(f"{type(model).__name__} has no output embeddings (LM head)")
     device = resolve_device(device)
     blocks = adapter.blocks(model)
@@ -59,16 +58,18 @@ def blockwise_window_nll(model: nn.Module, windows: torch.Tensor, device: str | 
     for i in tqdm(range(len(blocks)), desc="ppl blocks", disable=not progress):
         with block_on(model, i, blocks[i], device) as block:
             run_block(block, hidden, kwargs[i], device, batch_size, out=hidden)
-    norm = final_norm(model)
-    hosts = device_of(norm), device_of(head)
-    norm.to(device), head.to(device)
-    try:
-        out = torch.empty(windows.shape[0], dtype=torch.float64)
-        for sl in batches(windows.shape[0], batch_size):
-            logits = _logits(model, norm, head, hidden[sl].to(device))
-            target = windows[sl, 1:].to(device)
-            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-            out[sl] = nll.view(target.shape[0], -1).double().sum(dim=1).cpu()
-    finally:
-        norm.to(hosts[0]), head.to(hosts[1])
+    with outside_blocks(model):
+        norm, head = final_norm(model), model.get_output_embeddings()
+        hosts = device_of(norm), device_of(head)
+        norm.to(device), head.to(device)
+        try:
+            out = torch.empty(windows.shape[0], dtype=torch.float64)
+            for sl in batches(windows.shape[0], batch_size):
+                logits = _logits(model, norm, head, hidden[sl].to(device))
+                target = windows[sl, 1:].to(device)
+                nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                      reduction="none")
+                out[sl] = nll.view(target.shape[0], -1).double().sum(dim=1).cpu()
+        finally:
+            norm.to(hosts[0]), head.to(hosts[1])
     return out

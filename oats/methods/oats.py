@@ -12,6 +12,7 @@ import torch
 
 from ..budget import LayerBudget, check_rank_ratio, layer_budget
 from ..masks import budget_mask
+from ..profile import phase
 from ..registry import Factors, Method, check_param, register
 
 SVD_SOLVERS = ("full", "subspace")
@@ -128,10 +129,12 @@ def oats_decompose(
             raise ValueError(f"TruncatedSVD rank {svd_r.rank} differs from the budget's rank {r}")
         S = torch.zeros_like(Wd)
         for _ in range(iterations):
-            U, s, Vh = svd_r(Wd - S)
-            L = (U * s) @ Vh
-            R = Wd - L
-            mask = budget_mask(R.abs(), budget)
+            with phase("oats svd"):
+                U, s, Vh = svd_r(Wd - S)
+                L = (U * s) @ Vh
+                R = Wd - L
+            with phase("oats threshold"):
+                mask = budget_mask(R.abs(), budget)
             S = R * mask
             if track_objective:
                 objective.append(float(torch.linalg.norm(R - S)))

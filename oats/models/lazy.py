@@ -159,10 +159,27 @@ class DiskWeights:
         if self.streaming:
             self.release(i, block)
 
+    def load_outside(self, model: nn.Module) -> None:
+        """Read what lies outside the blocks (embeddings, final norm, head) if it is not in memory."""
+        self.materialize(model, skip=tuple(self.prefixes))
+
+    def release_outside(self, model: nn.Module) -> None:
+        """Free the parameters outside the blocks (back to the meta device; tied ones stay tied).
+        Computed buffers (rotary tables) are kept: they are in no file."""
+        metas: dict[int, nn.Parameter] = {}
+        for name, module in model.named_modules():
+            if any(f"{name}.".startswith(p) for p in self.prefixes):
+                continue
+            for attr, p in module._parameters.items():
+                if p is not None and p.device.type != "meta":
+                    module._parameters[attr] = metas.setdefault(
+                        id(p), nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad))
+
     def load_all(self, model: nn.Module) -> None:
         """Every block in memory (for evaluations that run the whole model at once)."""
         from .adapters import get_adapter
 
+        self.load_outside(model)
         for i, block in enumerate(get_adapter(model).blocks(model)):
             self.load(i, block)
 
@@ -190,7 +207,8 @@ def load_lazy(folder: str | Path, dtype: torch.dtype, streaming: bool = False, *
         model = AutoModelForCausalLM.from_config(config, **{DTYPE_KWARG: dtype})
     model.tie_weights()  # skipped on the meta device; tied tensors then load once, shared
     weights = DiskWeights(model, folder, index, dtype, streaming)
-    weights.materialize(model, skip=tuple(weights.prefixes))
+    if not streaming:  # streamed: embeddings and head are read when a pass needs them, and freed after
+        weights.load_outside(model)
     object.__setattr__(model, ATTR, weights)  # a plain attribute, not a submodule
     model.eval()
     return model

@@ -17,8 +17,30 @@ def load_pretrained(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM in ``dtype`` and its tokenizer from a model folder or hub id (``kwargs`` go to both)."""
     model = AutoModelForCausalLM.from_pretrained(source, **{DTYPE_KWARG: dtype}, **kwargs)
+    own_memory(model)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     return model, tokenizer
+
+
+def own_memory(model: torch.nn.Module) -> None:
+    """Copy every tensor that lives in a memory-mapped weight file into ordinary memory.
+
+    ``from_pretrained`` maps the safetensors files and the tensors point into the mapping, which
+    stays open while any of them lives (tied embeddings outlive every block). A compressed layer
+    then frees nothing: the replaced weight's pages stay resident as the file's, next to the
+    compressed copy. Measured on SmolLM2-135M (Wanda, 32 x 512): 0.54 GB of file pages resident
+    at the end of compression. Owned copies are freed with the layer they belong to. Tied tensors
+    stay tied (each parameter object is copied once); values are unchanged.
+    """
+    from ..runtime import drop_pages, return_freed_memory
+
+    return_freed_memory()
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.device.type == "cpu":
+                old = t.data
+                t.data = old.clone()
+                drop_pages(old)  # the file pages just read: out of this process (else the peak is 2x)
 
 
 def load_hub(name: str, dtype: torch.dtype, source=None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
