@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # never pulls a multi-GB CUDA build. On a GPU cluster, install torch first and drop the constraint.
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast clean fmnist
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -25,12 +25,20 @@ DEMO ?= model=smollm2-135m method=oats compression=0.5 data=local_wiki eval=ppl_
 demo: setup
 	$(BIN)/python -m oats.cli $(DEMO) $(ARGS)
 
+# The full Fashion-MNIST (Debian's dataset-fashion-mnist) for the vision tests: installed when missing and
+# apt-get can run as root (CI, a fresh machine); otherwise those tests are skipped and say why.
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+fmnist:
+	@test -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
+	  || echo "dataset-fashion-mnist is not installed: the Fashion-MNIST vision tests will be skipped"
+
 # Everything CI runs: unit/integration tests, the smollm2_ci and fmnist_vit regression tables, the SLURM cluster run.
-test: setup
+test: setup fmnist
 	$(BIN)/python -m pytest -q -rs
 
 # Without the minutes-long tests (a few minutes on 2 cores).
-test-fast: setup
+test-fast: setup fmnist
 	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 clean:
