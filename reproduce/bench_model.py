@@ -119,7 +119,7 @@ def memory(args) -> None:
             r = measure({**base, "method": mcfg, "nsamples": args.nsamples, "load": load, "evaluate": True})
             print(phase_table(f"{label}, load={load}", r), flush=True)
     rows = []
-    for n in (8, 16, 32, 64, 128):
+    for n in (8, 32, 128):
         for load in ("eager", "stream"):
             r = measure({**base, "method": {"name": "wanda"}, "nsamples": n, "load": load})
             rows.append({"sweep": "nsamples", "x": n, "load": load, "seconds": r["seconds"],

@@ -10,7 +10,7 @@ from table_runs import checked_cells, run_table
 pytestmark = pytest.mark.slow
 
 
-# The table's 12 runs take 15-25 minutes at 2 threads here, about 65 minutes on one thread
+# The table's 12 runs take 15-25 minutes at 2 threads here, over an hour on one thread
 # (OMP_NUM_THREADS=1 make test): the limit only guards against a hang.
 TABLE_TIMEOUT_S = 3 * 3600
 
