@@ -41,7 +41,7 @@ def to_device(obj: Any, device: torch.device) -> Any:
 
 
 def device_of(module: nn.Module) -> torch.device:
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
+    return next((p.device for p in module.parameters() if p.device.type != "meta"), torch.device("cpu"))
 
 
 @contextmanager
@@ -65,18 +65,24 @@ def block_on(model: nn.Module, i: int, block: nn.Module, device: torch.device) -
 
 
 @contextmanager
-def outside_blocks(model: nn.Module) -> Iterator[nn.Module]:
+def outside_blocks(model: nn.Module, without: tuple[nn.Module | None, ...] = ()) -> Iterator[nn.Module]:
     """The model's tensors outside its blocks (embeddings, final norm, head) in memory for the body;
-    a streamed model on disk (:mod:`oats.models.lazy`) reads them first and frees them after."""
+    a streamed model on disk (:mod:`oats.models.lazy`) reads them first, but for the modules
+    ``without`` the body does not use, and frees them after."""
     weights = disk_weights(model)
     if weights is not None:
         with phase("load"):
-            weights.load_outside(model)
+            weights.load_outside(model, tuple(m for m in without if m is not None))
     try:
         yield model
     finally:
         if weights is not None and weights.streaming:
             weights.release_outside(model)
+
+
+def _move(model: nn.Module, device: torch.device) -> None:
+    """``model.to(device)`` for every tensor in memory; those left on disk (meta) stay there."""
+    model._apply(lambda t: t if t.device.type == "meta" else t.to(device))
 
 
 class _StopForward(Exception):
@@ -119,9 +125,10 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, calib: torch.Tensor,
     for i in range(len(blocks)):
         blocks[i] = _Catcher(i, len(blocks) - 1, store)
     try:
-        with outside_blocks(model):
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        with outside_blocks(model, without=(head,)):  # block 0's inputs need no head
             host = device_of(model)
-            model.to(device)  # moves embeddings, rotary tables, norms; blocks are detached
+            _move(model, device)  # embeddings, rotary tables, norms; blocks are detached
             try:
                 for item in calib:
                     try:
@@ -129,7 +136,7 @@ def capture_inputs(model: nn.Module, blocks: nn.ModuleList, calib: torch.Tensor,
                     except _StopForward:
                         pass
             finally:
-                model.to(host)
+                _move(model, host)
     finally:
         for i, block in enumerate(originals):
             blocks[i] = block

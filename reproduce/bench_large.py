@@ -124,7 +124,7 @@ def run(folder: Path, method: str, compression: float, iterations: int, nsamples
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ppl = float(torch.exp(nll.sum() / (windows * (seqlen - 1))))
     print(prof.table())
-    return {"cpu": cpu_model(), "method": method, "iterations": iterations,
+    return {"cpu": cpu_model(), "method": method, "iterations": iterations if method == "oats" else None,
             "compression": round(report.totals()["compression"], 4), "blocks": model.config.num_hidden_layers,
             "model_gb": size / 1e9, "peak_rss_gb": peak / 1e9, "peak_over_size": peak / size, "seconds": seconds,
             "perplexity": ppl, "calibration": f"{nsamples} x {seqlen}", "windows": f"{windows} x {seqlen}"}

@@ -115,11 +115,11 @@ def memory(args) -> None:
           f"calibration {args.nsamples} x {args.seqlen}")
     oats = {"name": "oats", "iterations": args.iterations}
     for label, mcfg in (("Wanda", {"name": "wanda"}), (f"OATS ({args.iterations} it)", oats)):
-        for load in ("eager", "lazy", "stream"):
+        for load in args.loads:
             r = measure({**base, "method": mcfg, "nsamples": args.nsamples, "load": load, "evaluate": True})
             print(phase_table(f"{label}, load={load}", r), flush=True)
     rows = []
-    for n in (8, 32, 128):
+    for n in args.nsamples_sweep:
         for load in ("eager", "stream"):
             r = measure({**base, "method": {"name": "wanda"}, "nsamples": n, "load": load})
             rows.append({"sweep": "nsamples", "x": n, "load": load, "seconds": r["seconds"],
@@ -129,7 +129,7 @@ def memory(args) -> None:
     from reproduce.bench_large import write_synthetic_llama
 
     with tempfile.TemporaryDirectory() as tmp:
-        for blocks in (2, 4, 8, 16, 30):
+        for blocks in args.blocks_sweep:
             folder = Path(tmp) / f"synth{blocks}"
             size = write_synthetic_llama(folder, blocks, **SMOLLM2_SHAPES)
             for load in ("eager", "stream"):
@@ -183,6 +183,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--iterations", type=int, default=80, help="OATS iterations")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--loads", nargs="+", default=["eager", "lazy", "stream"], choices=["eager", "lazy", "stream"],
+                   help="memory: the ways to load the model for the per-phase profile")
+    p.add_argument("--nsamples-sweep", nargs="+", type=int, default=[8, 16, 32, 64, 128])
+    p.add_argument("--blocks-sweep", nargs="+", type=int, default=[2, 4, 8, 16, 30])
     args = p.parse_args()
     if args.child:
         child(json.loads(args.child))

@@ -58,7 +58,7 @@ def blockwise_window_nll(model: nn.Module, windows: torch.Tensor, device: str | 
     for i in tqdm(range(len(blocks)), desc="ppl blocks", disable=not progress):
         with block_on(model, i, blocks[i], device) as block:
             run_block(block, hidden, kwargs[i], device, batch_size, out=hidden)
-    with outside_blocks(model):
+    with outside_blocks(model, without=(model.get_input_embeddings(),)):  # the head needs no embeddings
         norm, head = final_norm(model), model.get_output_embeddings()
         hosts = device_of(norm), device_of(head)
         norm.to(device), head.to(device)

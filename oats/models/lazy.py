@@ -159,9 +159,15 @@ class DiskWeights:
         if self.streaming:
             self.release(i, block)
 
-    def load_outside(self, model: nn.Module) -> None:
-        """Read what lies outside the blocks (embeddings, final norm, head) if it is not in memory."""
-        self.materialize(model, skip=tuple(self.prefixes))
+    def load_outside(self, model: nn.Module, without: tuple[nn.Module, ...] = ()) -> None:
+        """Read what lies outside the blocks (embeddings, final norm, head) if it is not in memory,
+        except the modules ``without`` (e.g. the head while capturing block 0's inputs) unless they
+        share a tensor with one that is read (tied embeddings)."""
+        names = {id(m): name for name, m in model.named_modules()}
+        kept = {id(p) for name, m in model.named_modules() if m not in without for p in m.parameters(recurse=False)}
+        skip = [f"{names[id(m)]}." for m in without if id(m) in names
+                and not any(id(p) in kept for p in m.parameters())]
+        self.materialize(model, skip=(*self.prefixes, *skip))
 
     def release_outside(self, model: nn.Module) -> None:
         """Free the parameters outside the blocks (back to the meta device; tied ones stay tied).
