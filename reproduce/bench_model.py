@@ -166,6 +166,7 @@ def plot(table, path: Path, args) -> None:
         for row, ylabel in enumerate(("peak RSS (MiB)", "compression seconds (Wanda)")):
             axes[row, col].set(xlabel=xlabel, ylabel=ylabel, xscale="log", xticks=sorted(part.x.unique()))
             axes[row, col].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axes[row, col].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             axes[row, col].legend()
     fig.suptitle(f"Peak memory and time vs calibration and model size ({cpu_model()},"
                  f" {args.threads} threads)")
