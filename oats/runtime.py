@@ -11,9 +11,11 @@ started with :func:`environment` (the launcher's subprocess, or ``oats.cli`` re-
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 KEYS = ("threads", "cpu_capability", "mkl_cbwr")
@@ -127,6 +129,18 @@ def label(rt: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={rt[k]}" for k in KEYS if rt.get(k) is not None)
 
 
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """The C library (ctypes), or None where it cannot be loaded."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def return_freed_memory(threshold: int = 1 << 20) -> bool:
     """Make glibc's allocator hand freed tensors of ``threshold`` bytes or more back to the system.
 
@@ -136,35 +150,45 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
     (which turns that adaptation off) keeps peak memory at what is alive. Numbers are unaffected.
     Returns False where the C library has no ``mallopt`` (not glibc).
     """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     m_mmap_threshold = -3
     return bool(mallopt(m_mmap_threshold, int(threshold)))
 
 
-def drop_pages(t) -> None:
-    """Tell the kernel this process no longer needs the whole memory pages under CPU tensor ``t``
-    (``madvise(MADV_DONTNEED)``). Only for a tensor in a read-only file mapping that nothing reads
-    again: its pages leave the resident set (the file keeps them in the page cache). No-op where
-    the C library has no ``madvise``."""
+def file_mappings(suffix: str) -> list[tuple[int, int]]:
+    """Address ranges of this process's memory mappings of files whose path ends with ``suffix``
+    (``/proc/self/maps``; empty where there is none)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].endswith(suffix):
+            a, b = fields[0].split("-")
+            ranges.append((int(a, 16), int(b, 16)))
+    return ranges
+
+
+def drop_pages(t, mappings: list[tuple[int, int]]) -> bool:
+    """Take the whole memory pages under CPU tensor ``t`` out of this process's resident set
+    (``madvise(MADV_DONTNEED)``), if ``t`` lies inside one of the file ``mappings``
+    (:func:`file_mappings`); the file keeps them in the page cache and a later read maps them
+    again. Anything else (ordinary memory, which MADV_DONTNEED would zero) is left alone.
+    Returns whether pages were dropped."""
     import ctypes
-    import ctypes.util
     import mmap
 
     start, nbytes = t.data_ptr(), t.numel() * t.element_size()
+    if not any(a <= start and start + nbytes <= b for a, b in mappings):
+        return False
     page = mmap.PAGESIZE
     first, last = -(-start // page) * page, (start + nbytes) // page * page
-    if last <= first:
-        return
-    try:
-        madvise = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
-    except (OSError, AttributeError):
-        return
+    madvise = getattr(_libc(), "madvise", None)
+    if last <= first or madvise is None:
+        return False
     madvise_dontneed = 4
-    madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), madvise_dontneed)
+    return madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), madvise_dontneed) == 0

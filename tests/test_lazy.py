@@ -192,3 +192,20 @@ def test_eager_load_owns_its_memory_and_keeps_ties(folder):
     assert all(torch.equal(v, reference[k]) for k, v in owned.state_dict().items())
     assert (owned.lm_head.weight is owned.model.embed_tokens.weight) == \
         (mapped.lm_head.weight is mapped.model.embed_tokens.weight)
+
+
+def test_own_memory_leaves_tensors_outside_a_file_mapping_intact():
+    """Only pages of a weight file are dropped: a buffer sharing ordinary (anonymous) memory with a parameter
+    keeps its values when the parameter is copied first."""
+    from torch import nn
+
+    from oats.models.pretrained import own_memory
+
+    module = nn.Linear(256, 256, bias=False)  # 256 KiB: whole pages inside the storage
+    with torch.no_grad():
+        module.weight.copy_(torch.arange(256 * 256, dtype=torch.float32).view(256, 256))
+    module.register_buffer("alias", module.weight.data.view(-1))  # same storage, copied after the weight
+    expected = module.weight.detach().clone()
+    own_memory(module)
+    assert torch.equal(module.weight, expected)
+    assert torch.equal(module.alias, expected.view(-1))

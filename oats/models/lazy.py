@@ -151,11 +151,8 @@ class DiskWeights:
         """Free block ``i``'s tensors (back to the meta device); :meth:`load` brings it back."""
         block.to("meta")
 
-    def done(self, i: int, block: nn.Module, compressed_file: Path | None = None) -> None:
-        """A pass is finished with block ``i`` (``compressed_file``: the driver wrote it there). When
-        streaming, the block is released; otherwise it stays in memory."""
-        if compressed_file is not None:
-            self.compressed[i] = Path(compressed_file)
+    def done(self, i: int, block: nn.Module) -> None:
+        """A pass is finished with block ``i``: released when streaming, else it stays in memory."""
         if self.streaming:
             self.release(i, block)
 

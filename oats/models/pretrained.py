@@ -32,15 +32,16 @@ def own_memory(model: torch.nn.Module) -> None:
     at the end of compression. Owned copies are freed with the layer they belong to. Tied tensors
     stay tied (each parameter object is copied once); values are unchanged.
     """
-    from ..runtime import drop_pages, return_freed_memory
+    from ..runtime import drop_pages, file_mappings, return_freed_memory
 
     return_freed_memory()
+    mapped = file_mappings(".safetensors")
     with torch.no_grad():
         for t in (*model.parameters(), *model.buffers()):
             if t.device.type == "cpu":
                 old = t.data
                 t.data = old.clone()
-                drop_pages(old)  # the file pages just read: out of this process (else the peak is 2x)
+                drop_pages(old, mapped)  # the file pages just read: out of this process (else the peak is 2x)
 
 
 def load_hub(name: str, dtype: torch.dtype, source=None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
