@@ -26,6 +26,7 @@ from .models.lazy import disk_weights
 from .profile import phase
 from .registry import Factors, Method, get_method
 from .report import CompressionReport, LayerRecord
+from .runtime import trim_heap
 from .stats import LayerStats, collect_stats
 
 
@@ -203,6 +204,7 @@ def compress_model(
                     ckpt.save(i, block, records, owl_sparsity)
             if weights is not None and ckpt is not None:  # streaming: the checkpoint block is then its only copy
                 weights.compressed[i] = ckpt.block_file(i)
+        trim_heap()  # the block's freed weights and activations leave the process
     del inps, dense, targets
     return CompressionReport(records, method=method.describe(), compression=compression,
                              nm=str(nm) if nm else None, owl_sparsity=owl_sparsity)

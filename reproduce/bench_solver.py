@@ -19,12 +19,16 @@ import time
 
 import torch
 
+from oats import native
 from oats.budget import layer_budget
+from oats.runtime import cpu_model
 from oats.methods.oats import TruncatedSVD, oats_decompose
 
 LLAMA3_SHAPES = {"q_proj 4096x4096": (4096, 4096), "k_proj 1024x4096": (1024, 4096),
                  "gate/up 14336x4096": (14336, 4096), "down 4096x14336": (4096, 14336)}
 SMOLLM2_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "mlp.up_proj", "mlp.down_proj")
+ALL_SMOLLM2_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                      "mlp.up_proj", "mlp.down_proj")
 
 
 def synthetic(d_out: int, d_in: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +46,8 @@ def synthetic(d_out: int, d_in: int, seed: int = 0) -> tuple[torch.Tensor, torch
     return W, d
 
 
-def smollm2_layers(block: int, nsamples: int, seqlen: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def smollm2_layers(block: int, nsamples: int, seqlen: int,
+                   layers: tuple[str, ...] = SMOLLM2_LAYERS) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from oats.data.calibration import get_calibration
     from oats.models.loading import load_model
     from oats.stats import LayerStats
@@ -50,7 +55,7 @@ def smollm2_layers(block: int, nsamples: int, seqlen: int) -> dict[str, tuple[to
     model, tok = load_model("smollm2-135m")
     calib = get_calibration(tok, source="wiki_vital_en", nsamples=nsamples, seqlen=seqlen, style="concat", seed=42)
     blk = model.model.layers[block]
-    stats = {name: LayerStats(blk.get_submodule(name).in_features) for name in SMOLLM2_LAYERS}
+    stats = {name: LayerStats(blk.get_submodule(name).in_features) for name in layers}
     hooks = [blk.get_submodule(n).register_forward_hook(lambda m, i, o, st=st: st.add(i[0])) for n, st in stats.items()]
     with torch.no_grad():
         for row in calib:
@@ -87,7 +92,8 @@ def main() -> None:
     p.add_argument("--compression", type=float, default=0.5)
     p.add_argument("--rank-ratio", type=float, default=0.3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--block", type=int, default=15)
+    p.add_argument("--block", type=int, nargs="+", default=[15], help="SmolLM2 block(s)")
+    p.add_argument("--all-layers", action="store_true", help="every linear of the SmolLM2 block(s), not four")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
     device = torch.device(args.device)
@@ -96,8 +102,10 @@ def main() -> None:
 
     mats: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
     if args.shapes in ("smollm2", "all"):
-        for k, (W, d) in smollm2_layers(args.block, 16, 512).items():
-            mats[k] = (W, d, args.iterations)
+        for block in args.block:
+            layers = ALL_SMOLLM2_LAYERS if args.all_layers else SMOLLM2_LAYERS
+            for k, (W, d) in smollm2_layers(block, 16, 512, layers).items():
+                mats[k] = (W, d, args.iterations)
     if args.shapes in ("llama3", "all"):
         for k, shape in LLAMA3_SHAPES.items():
             W, d = synthetic(*shape)
@@ -105,8 +113,9 @@ def main() -> None:
     print(f"compression {args.compression}, rank ratio {args.rank_ratio}, device {device}, "
           f"threads {torch.get_num_threads()}, torch {torch.__version__}")
     probe = TruncatedSVD(1, "subspace")
-    print(f"subspace solver: oversample {probe.oversample}, power steps {probe.power_iters} per call "
-          f"({probe.cold_power_iters} on the first, cold call)")
+    print(f"subspace solver: oversample {probe.oversample}, one subspace step + {probe.power_iters} power steps per "
+          f"call ({probe.cold_power_iters} on the first, cold call); CPU {cpu_model()}; native threshold: "
+          f"{native.status()}")
     rows = []
     for name, (W, d, iters) in mats.items():
         t_ref, o_ref = run_one(W, d, args.compression, args.rank_ratio, iters, "full", device)
@@ -122,6 +131,9 @@ def main() -> None:
     print()
     print(df.to_string(index=False, formatters={"obj_delta": "{:+.3%}".format, "speedup": "{:.1f}x".format},
                        float_format=lambda x: f"{x:.4g}"))
+    worst = df.loc[df.obj_delta.abs().idxmax()]
+    print(f"largest |objective difference|: {worst.obj_delta:+.3%} ({worst.matrix}); "
+          f"subspace total {df.subspace_s.sum():.1f} s vs full {df.full_s.sum():.1f} s")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from oats.budget import NM, BudgetError, implied_nm_compression, layer_budget, parse_nm
-from oats.masks import layer_topk_mask, nm_mask, row_topk_mask
+from oats import native
+from oats.masks import RowThreshold, layer_topk_mask, nm_mask, row_topk_mask
 
 SHAPES = [(576, 576), (1536, 576), (576, 1536), (192, 576), (7, 13)]
 
@@ -120,3 +121,63 @@ def test_nm_mask_keeps_exactly_n_per_group(n, m):
     kept_min = torch.where(groups, sg, torch.inf).min(-1).values
     dropped_max = torch.where(groups, -torch.inf, sg).max(-1).values
     assert (kept_min >= dropped_max).all()
+
+
+def _perturbed(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(*shape, generator=g) * torch.exp(torch.randn(shape[1], generator=g))
+    return R, R + 0.02 * R.abs().mean() * torch.randn(*shape, generator=g)
+
+
+@pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
+@pytest.mark.parametrize("d_out,d_in", SHAPES)
+@pytest.mark.parametrize("k", [1, 3, "35%", "-1"])
+def test_native_row_threshold_equals_topk_cold_and_warm(d_out, d_in, k):
+    k = {"35%": int(0.35 * d_in), "-1": d_in - 1}.get(k, k)
+    R, R2 = _perturbed((d_out, d_in), d_out + k)
+    S, mask, cut = native.row_topk(R, k)
+    assert torch.equal(mask, row_topk_mask(R.abs(), k)) and torch.equal(S, R * mask)
+    assert torch.equal(cut, torch.where(mask, R.abs(), torch.inf).min(1).values)
+    for moved in (R2, R2 * 3.0, -R2 / 7.0):  # near the old cut, and far from it (every row widens or goes cold)
+        S2, mask2, _ = native.row_topk(moved, k, cut)
+        assert torch.equal(mask2, row_topk_mask(moved.abs(), k)) and torch.equal(S2, moved * mask2)
+
+
+@pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
+def test_native_row_threshold_keeps_k_with_ties_lowest_index_first():
+    R = torch.tensor([[3.0, -1.0, 1.0, 1.0, -1.0, 0.5],
+                      [0.0, 0.0, 0.0, 0.0, 2.0, 0.0]])
+    S, mask, cut = native.row_topk(R, 3)
+    assert mask.tolist() == [[True, True, True, False, False, False], [True, True, False, False, True, False]]
+    assert S.tolist() == [[3.0, -1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 2.0, 0.0]]
+    assert cut.tolist() == [1.0, 0.0]
+    S, mask, _ = native.row_topk(R, 3, cut)  # warm from a cut equal to the tied value
+    assert mask.sum(1).tolist() == [3, 3] and mask[0, :3].all()
+
+
+def test_row_threshold_falls_back_to_topk_and_rejects_non_finite(monkeypatch):
+    R, R2 = _perturbed((40, 64), 0)
+    thr = RowThreshold(20)
+    S, mask = thr(R)
+    assert torch.equal(mask, row_topk_mask(R.abs(), 20)) and torch.equal(S, R * mask)
+    assert torch.equal(thr(R2)[1], row_topk_mask(R2.abs(), 20))
+    monkeypatch.setattr(native, "available", lambda: False)
+    S, mask = RowThreshold(20)(R2)
+    assert torch.equal(mask, row_topk_mask(R2.abs(), 20))
+    monkeypatch.undo()
+    if native.available():
+        R[3, 5] = float("nan")
+        with pytest.raises(BudgetError, match="1 NaN/infinite"):
+            RowThreshold(20)(R)
+
+
+def test_native_status_names_why_when_off(monkeypatch):
+    monkeypatch.setenv("OATS_NATIVE", "0")
+    native._load.cache_clear()
+    try:
+        assert not native.available() and "OATS_NATIVE=0" in native.status()
+        with pytest.raises(RuntimeError, match="unavailable"):
+            native.row_topk(torch.ones(2, 3), 1)
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()

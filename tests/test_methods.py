@@ -356,3 +356,35 @@ def test_reconstruction_method_refuses_bad_settings_and_singular_hessians():
     H[0, 0], H[0, 1], H[1, 0], H[1, 1] = 1.0, 2.0, 2.0, 1.0  # indefinite, even after a little damping
     with pytest.raises(HessianError, match="damping=0.01"):
         damped_cholesky(H, 0.01)
+
+
+@pytest.mark.parametrize("svd", ["full", "subspace"])
+def test_oats_is_the_same_with_and_without_the_native_threshold(layer, svd, monkeypatch):
+    """The warm-started native row threshold changes the speed, not one bit of the factors."""
+    from oats import native
+
+    if not native.available():
+        pytest.skip(f"native kernels: {native.status()}")
+    W, X = layer
+    d = stats_of(X).column_rms()
+    b = layer_budget(*W.shape, 0.5, 0.3)
+    fast = oats_decompose(W, d, b, iterations=12, svd=svd, track_objective=True)
+    monkeypatch.setattr(native, "available", lambda: False)
+    ref = oats_decompose(W, d, b, iterations=12, svd=svd, track_objective=True)
+    assert fast.objective == ref.objective
+    for a, c in ((fast.sparse, ref.sparse), (fast.U, ref.U), (fast.V, ref.V)):
+        assert torch.equal(a, c)
+
+
+def test_subspace_solver_is_a_truncated_svd_of_a_fixed_matrix():
+    """Called again and again on one matrix, the warm-started solver converges to its best rank-r fit."""
+    g = torch.Generator().manual_seed(4)
+    s = torch.arange(1, 97, dtype=torch.float32).pow(-1.0)
+    A = (torch.linalg.qr(torch.randn(120, 96, generator=g)).Q * s) @ torch.linalg.qr(torch.randn(96, 96, generator=g)).Q.T
+    svd = TruncatedSVD(10, "subspace")
+    for _ in range(30):
+        U, sv, Vh = svd(A)
+    Ue, se, Vhe = torch.linalg.svd(A, full_matrices=False)
+    assert torch.allclose(sv, se[:10], rtol=1e-4)
+    assert torch.allclose((U * sv) @ Vh, (Ue[:, :10] * se[:10]) @ Vhe[:10], atol=1e-5)
+    assert torch.allclose(U.T @ U, torch.eye(10), atol=1e-5)
