@@ -3,6 +3,7 @@
     python reproduce/bench_model.py methods --iterations 20  # SmolLM2-135M at 50%, every method
     python reproduce/bench_model.py memory                  # per-phase profile (eager / lazy / stream) and the
                                                             # growth with calibration size and model size (PNG)
+    python reproduce/bench_model.py time                    # OATS at 80 iterations, seconds per phase
 
 Each measurement runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its own. ``memory``
 prints, for Wanda and OATS on SmolLM2-135M loaded each way (``load=eager|lazy|stream``), the
@@ -147,6 +148,17 @@ def memory(args) -> None:
     plot(table, OUT / "memory_growth.png", args)
 
 
+def timing(args) -> None:
+    """OATS's whole-model compression time with the per-phase split (SVD, threshold, statistics, propagation)."""
+    from oats import native
+
+    print(f"CPU {cpu_model()}, {args.threads} threads; SmolLM2-135M, OATS at 0.5, {args.iterations} iterations, "
+          f"svd={args.svd}, calibration {args.nsamples} x {args.seqlen}; native kernels: {native.status()}")
+    r = measure({"method": {"name": "oats", "iterations": args.iterations, "svd": args.svd}, "nsamples": args.nsamples,
+                 "seqlen": args.seqlen, "device": args.device, "threads": args.threads})
+    print(phase_table(f"OATS ({args.iterations} it, svd={args.svd})", r))
+
+
 def plot(table, path: Path, args) -> None:
     import matplotlib
 
@@ -177,12 +189,15 @@ def plot(table, path: Path, args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", choices=["methods", "memory"], default="methods")
+    p.add_argument("what", nargs="?", choices=["methods", "memory", "time"], default="methods",
+                   help="methods: every method's time and peak memory; memory: per-phase profiles and the growth "
+                        "sweeps (PNG); time: OATS's compression time split by phase")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--device", default="cpu")
     p.add_argument("--iterations", type=int, default=80, help="OATS iterations")
+    p.add_argument("--svd", default="subspace", choices=["subspace", "full"], help="time: OATS's SVD solver")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--loads", nargs="+", default=["eager", "lazy", "stream"], choices=["eager", "lazy", "stream"],
                    help="memory: the ways to load the model for the per-phase profile")
@@ -194,6 +209,9 @@ def main() -> None:
         return
     if args.what == "memory":
         memory(args)
+        return
+    if args.what == "time":
+        timing(args)
         return
     import pandas as pd
 

@@ -82,6 +82,9 @@ def main() -> None:
     p.add_argument("--runs", action="append", default=[],
                    help="per-run CSV (default results/tables/TABLE-machines.runs.csv); repeat to add runs made "
                         "elsewhere, e.g. on another machine (results/spread/)")
+    p.add_argument("--supersede", action="append", default=[],
+                   help="per-run CSV of rows re-run after a change to their method: its rows replace the same "
+                        "rows of the --runs files")
     p.add_argument("--k", type=float, default=3.0, help="tolerance = max(k * std, floor)")
     p.add_argument("--floor", action="append", default=[], help="METRIC=rel:X or METRIC=abs:X (one per metric)")
     p.add_argument("--max", action="append", default=[], help="METRIC=rel:X or METRIC=abs:X: wider is unstable")
@@ -89,10 +92,18 @@ def main() -> None:
     p.add_argument("--out", default=str(EXPECTED_DIR), help="folder of the expected files")
     args = p.parse_args()
     paths = [Path(p) for p in args.runs] or [REPO / "results" / "tables" / f"{args.table}-machines.runs.csv"]
-    for path in paths:
+    newer = [Path(p) for p in args.supersede]
+    for path in paths + newer:
         if not path.is_file():
             raise SystemExit(f"{path} not found: run `python reproduce/run.py table={args.table} repeat=machines` first")
-    runs = pd.concat([pd.read_csv(p, dtype={"col": str, "row": str}, comment="#") for p in paths], ignore_index=True)
+
+    def read(path: Path) -> pd.DataFrame:
+        return pd.read_csv(path, dtype={"col": str, "row": str}, comment="#")
+
+    runs = pd.concat([read(p) for p in paths], ignore_index=True)
+    if newer:
+        fresh = pd.concat([read(p) for p in newer], ignore_index=True)
+        runs = pd.concat([runs[~runs.row.isin(set(fresh.row))], fresh], ignore_index=True)
     rule = Rule(args.k, dict(parse_tolerance("--floor", s) for s in args.floor),
                 dict(parse_tolerance("--max", s) for s in args.max))
     perturbations = sorted({str(r) if isinstance(r, str) else "(this machine's own)" for r in runs.rep})
@@ -103,7 +114,9 @@ def main() -> None:
               + (f"; {args.note}" if args.note else ""))
     doc = build(runs, rule, source, perturbations)
     header = (f"# Reference values of table {args.table!r}: recorded by reproduce/record_expected.py from\n"
-              f"# {', '.join(p.name for p in paths)}. Tolerance per cell = max(k * std, floor) (rule below); "
+              f"# {', '.join(p.name for p in paths)}"
+              + (f" (rows of {', '.join(p.name for p in newer)} replacing theirs)" if newer else "")
+              + ". Tolerance per cell = max(k * std, floor) (rule below); "
               "unstable above max.\n")
     out = Path(args.out) / f"{args.table}.yaml"
     atomic_write_text(out, header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))

@@ -273,3 +273,24 @@ def test_gather_only_runs_nothing(tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert (tmp_path / "tables" / "smoke.csv").exists()
     assert set(pd.read_csv(tmp_path / "tables" / "smoke.csv").status) == {"missing"}
+
+
+def test_record_expected_supersede_replaces_the_rows_of_a_changed_method(tmp_path):
+    """Rows re-run after a method changed replace that method's old runs; the other rows keep theirs."""
+    cols = "row,col,rep,metric,value,stderr,run_id,cpu\n"
+    old = tmp_path / "old.runs.csv"
+    old.write_text(cols + "".join(f"{row},50%,r{i},{PPL},{v + i * 0.01},,{row}{i},X\n"
+                                  for row, v in (("A", 10.0), ("B", 20.0)) for i in range(3)))
+    new = tmp_path / "new.runs.csv"
+    new.write_text(cols + "".join(f"B,50%,r{i},{PPL},{30.0 + i * 0.01},,B{i}new,X\n" for i in range(2)))
+    out = tmp_path / "expected"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(REPO / "reproduce" / "record_expected.py"), "t", "--runs", str(old),
+                           "--supersede", str(new), "--floor", f"{PPL}=rel:0.01", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "t.yaml").read_text()
+    assert "rows of new.runs.csv replacing theirs" in text
+    cells = {c["row"]: c for c in yaml.safe_load(text)["cells"]}
+    assert cells["A"]["value"] == pytest.approx(10.01) and cells["A"]["spread"]["n"] == 3
+    assert cells["B"]["value"] == pytest.approx(30.005) and cells["B"]["spread"]["n"] == 2
