@@ -26,34 +26,34 @@ def row_topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask.scatter_(1, idx, True)
 
 
-class RowThreshold:
-    """Row-wise hard threshold in an alternating loop: ``S, mask = thr(R)`` keeps the ``k``
-    largest-magnitude entries of every row of R (S = R there, 0 elsewhere).
+class Threshold:
+    """The hard threshold of an alternating loop: ``S, mask = thr(R)`` keeps the entries of R with
+    the largest magnitudes that ``budget`` allows (:func:`budget_mask`), S = R there and 0 elsewhere.
 
-    On the CPU with the native kernels (:mod:`oats.native`) each call starts its search at the
-    previous call's per-row cut and selects exactly only near it (a few times faster than a
-    top-k over every row); the mask is the same as :func:`row_topk_mask`'s (ties at the cut, which
-    real weights practically never have, keep the lowest column indices). Elsewhere it is
-    :func:`row_topk_mask`.
+    A row-wise budget on the CPU with the native kernels (:mod:`oats.native`) starts each call's
+    search at the previous call's per-row cut and selects exactly only near it (a few times faster
+    than a top-k over every row); the mask is the same as :func:`row_topk_mask`'s (ties at the cut,
+    which real weights practically never have, keep the lowest column indices).
     """
 
-    def __init__(self, k: int) -> None:
-        self.k = k
+    def __init__(self, budget: LayerBudget) -> None:
+        self.budget = budget
         self._cut: torch.Tensor | None = None
         self._out: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """R (d_out, d_in) -> (S, mask). S and mask are overwritten by the next call: copy to keep them."""
-        d_in = R.shape[1]
-        if 0 < self.k < d_in and R.device.type == "cpu" and R.dtype == torch.float32 and native.available():
+        k = self.budget.row_nnz
+        if (self.budget.nm is None and self.budget.granularity == "row" and 0 < k < R.shape[1]
+                and R.device.type == "cpu" and R.dtype == torch.float32 and native.available()):
             if self._cut is None and not torch.isfinite(R).all():
                 raise BudgetError(f"row threshold: the matrix has {int((~torch.isfinite(R)).sum())} NaN/infinite "
                                   "entries")
             if self._out is None or self._out[0].shape != R.shape:
                 self._out = (torch.empty_like(R), torch.empty(R.shape, dtype=torch.bool))
-            S, mask, self._cut = native.row_topk(R, self.k, self._cut, out=self._out)
+            S, mask, self._cut = native.row_topk(R, k, self._cut, out=self._out)
             return S, mask
-        mask = row_topk_mask(R.abs(), self.k)
+        mask = budget_mask(R.abs(), self.budget)
         return R * mask, mask
 
 

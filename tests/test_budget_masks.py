@@ -6,7 +6,7 @@ import torch
 
 from oats.budget import NM, BudgetError, implied_nm_compression, layer_budget, parse_nm
 from oats import native
-from oats.masks import RowThreshold, layer_topk_mask, nm_mask, row_topk_mask
+from oats.masks import Threshold, budget_mask, layer_topk_mask, nm_mask, row_topk_mask
 
 SHAPES = [(576, 576), (1536, 576), (576, 1536), (192, 576), (7, 13)]
 
@@ -155,20 +155,25 @@ def test_native_row_threshold_keeps_k_with_ties_lowest_index_first():
     assert mask.sum(1).tolist() == [3, 3] and mask[0, :3].all()
 
 
-def test_row_threshold_falls_back_to_topk_and_rejects_non_finite(monkeypatch):
+def test_threshold_falls_back_to_topk_follows_the_budget_and_rejects_non_finite(monkeypatch):
     R, R2 = _perturbed((40, 64), 0)
-    thr = RowThreshold(20)
+    row = layer_budget(40, 64, 0.6875, 0.0)  # 20 per row
+    assert row.row_nnz == 20
+    thr = Threshold(row)
     S, mask = thr(R)
     assert torch.equal(mask, row_topk_mask(R.abs(), 20)) and torch.equal(S, R * mask)
     assert torch.equal(thr(R2)[1], row_topk_mask(R2.abs(), 20))
+    for other in (layer_budget(40, 64, 0.6875, 0.0, granularity="layer"), layer_budget(40, 64, None, 0.0, "2:4")):
+        S, mask = Threshold(other)(R2)
+        assert torch.equal(mask, budget_mask(R2.abs(), other)) and torch.equal(S, R2 * mask)
     monkeypatch.setattr(native, "available", lambda: False)
-    S, mask = RowThreshold(20)(R2)
+    S, mask = Threshold(row)(R2)
     assert torch.equal(mask, row_topk_mask(R2.abs(), 20))
     monkeypatch.undo()
     if native.available():
         R[3, 5] = float("nan")
         with pytest.raises(BudgetError, match="1 NaN/infinite"):
-            RowThreshold(20)(R)
+            Threshold(row)(R)
 
 
 def test_native_status_names_why_when_off(monkeypatch):

@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 
 from ..budget import LayerBudget, check_rank_ratio, layer_budget
-from ..masks import RowThreshold, budget_mask
+from ..masks import Threshold, budget_mask
 from ..profile import phase
 from ..registry import Factors, Method, check_param, register
 
@@ -137,12 +137,7 @@ def oats_decompose(
         svd_r = svd if isinstance(svd, TruncatedSVD) else TruncatedSVD(r, svd)
         if svd_r.rank != r:
             raise ValueError(f"TruncatedSVD rank {svd_r.rank} differs from the budget's rank {r}")
-        if budget.nm is None and budget.granularity == "row":
-            threshold = RowThreshold(budget.row_nnz)
-        else:
-            def threshold(R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                mask = budget_mask(R.abs(), budget)
-                return R * mask, mask
+        threshold = Threshold(budget)
         S = torch.zeros_like(Wd)
         A, R = torch.empty_like(Wd), torch.empty_like(Wd)  # reused: no large allocation per iteration
         for _ in range(iterations):
