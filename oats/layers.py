@@ -11,6 +11,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .io import atomic_save_tensors
+from .sparse_format import STORAGE_DTYPES, BitmaskTensor
 
 
 def _owned(t: torch.Tensor) -> nn.Parameter:
@@ -170,56 +171,77 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 # ---------------------------------------------------------------- serialisation
 
-def _linear_tensors(prefix: str, m: CompressedLinear) -> dict[str, torch.Tensor]:
-    out = {f"{prefix}.sparse": m.sparse, f"{prefix}.U": m.U, f"{prefix}.V": m.V}
+def _linear_tensors(prefix: str, m: CompressedLinear, compact: bool = False) -> dict[str, torch.Tensor]:
+    if compact and m.sparse.dtype in STORAGE_DTYPES:
+        out = BitmaskTensor.from_dense(m.sparse).state_dict(f"{prefix}.sparse")
+    else:
+        out = {f"{prefix}.sparse": m.sparse}
+    out.update({f"{prefix}.U": m.U, f"{prefix}.V": m.V})
     if m.bias is not None:
         out[f"{prefix}.bias"] = m.bias
     return out
 
 
-def compressed_state(root: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+def compressed_state(root: nn.Module, compact: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """Tensors and structure of every compressed module under ``root``.
 
     Returns (tensors keyed by '<module path>[.<part>].<sparse|U|V|bias>', structure
-    {module path: [] for a CompressedLinear, [part names] for a SplitLinear}).
+    {module path: [] for a CompressedLinear, [part names] for a SplitLinear}). ``compact``: the sparse
+    part in the bitmask format (:mod:`oats.sparse_format`: ``.sparse.compressed``, ``.sparse.bitmask``,
+    ``.sparse.shape``, ``.sparse.row_offsets``) instead of a dense matrix.
     """
     tensors: dict[str, torch.Tensor] = {}
     structure: dict[str, list[str]] = {}
     for name, m in iter_compressed(root):
         if isinstance(m, SplitLinear):
             for part, pm in m.parts.items():
-                tensors.update(_linear_tensors(f"{name}.{part}", pm))
+                tensors.update(_linear_tensors(f"{name}.{part}", pm, compact))
             structure[name] = list(m.parts)
         else:
-            tensors.update(_linear_tensors(name, m))
+            tensors.update(_linear_tensors(name, m, compact))
             structure[name] = []
     return tensors, structure
 
 
-def _build_linear(get, key: str) -> CompressedLinear:
-    bias = get(f"{key}.bias")
-    return CompressedLinear(get(f"{key}.sparse"), get(f"{key}.U"), get(f"{key}.V"), bias)
+def _sparse_part(tensors, key: str) -> torch.Tensor:
+    """The dense sparse part ``key``: stored dense, or in the bitmask format (expanded exactly)."""
+    dense = tensors.get(key)
+    if dense is not None:
+        return dense
+    if f"{key}.bitmask" not in tensors:
+        raise KeyError(f"compressed tensor {key!r} is missing (neither dense nor bitmask-format)")
+    b = BitmaskTensor.from_state_dict(tensors, key)
+    return b.to_dense(b.values.dtype)
+
+
+def _build_linear(tensors, key: str) -> CompressedLinear:
+    return CompressedLinear(_sparse_part(tensors, f"{key}.sparse"), tensors.get(f"{key}.U"), tensors.get(f"{key}.V"),
+                            tensors.get(f"{key}.bias"))
 
 
 def apply_compressed_state(root: nn.Module, tensors, structure: dict[str, list[str]]) -> None:
     """Swap the modules named in ``structure`` (paths relative to ``root``) for compressed ones."""
-    get = tensors.get
     for name, parts in structure.items():
         try:
             root.get_submodule(name)
         except AttributeError:
             raise KeyError(f"compressed module {name!r} does not exist in this model") from None
         if parts:
-            new: nn.Module = SplitLinear({p: _build_linear(get, f"{name}.{p}") for p in parts})
+            new: nn.Module = SplitLinear({p: _build_linear(tensors, f"{name}.{p}") for p in parts})
         else:
-            new = _build_linear(get, name)
+            new = _build_linear(tensors, name)
         set_submodule(root, name, new)
 
 
-def save_compressed(model: nn.Module, path: str | Path) -> Path:
-    """Save every compressed module of ``model`` to ``path`` (a .safetensors file), atomically."""
+def save_compressed(model: nn.Module, path: str | Path, compact: bool = True) -> Path:
+    """Save every compressed module of ``model`` to ``path`` (a .safetensors file), atomically.
+
+    ``compact`` (default): each sparse part in the bitmask format (one bit per weight plus the kept
+    values, in the module's dtype), so an OATS layer at 50% takes about half its dense size;
+    :func:`load_compressed` rebuilds exactly the same tensors. ``compact=False`` stores S densely.
+    """
     path = Path(path)
-    tensors, structure = compressed_state(model)
+    tensors, structure = compressed_state(model, compact)
     if not structure:
         raise ValueError("the model has no compressed layers to save")
     atomic_save_tensors(path, tensors, metadata={"oats_structure": json.dumps(structure)})
@@ -241,6 +263,11 @@ def load_compressed(model: nn.Module, path: str | Path, device: torch.device | N
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     dtype = dtype or next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    tensors = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in tensors.items()}
+    dense = {}
+    for name, parts in structure.items():  # bitmask-format parts expanded first (integer arrays keep their type)
+        for key in [f"{name}.{p}" for p in parts] or [name]:
+            dense[f"{key}.sparse"] = _sparse_part(tensors, f"{key}.sparse")
+            dense.update({k: tensors[k] for k in (f"{key}.U", f"{key}.V", f"{key}.bias") if k in tensors})
+    tensors = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in dense.items()}
     apply_compressed_state(model, tensors, structure)
     return model

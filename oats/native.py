@@ -15,7 +15,9 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["available", "status", "row_topk"]
+__all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_to_dense"]
+
+ISAS = {"scalar": 1, "avx2": 2, "avx512": 3}  # the bitmask kernels' instruction-set paths
 
 
 @lru_cache(maxsize=None)
@@ -34,6 +36,13 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     f.restype = ctypes.c_int64
     f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    P, I64, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.oats_best_isa.restype = INT
+    lib.oats_best_isa.argtypes = []
+    lib.oats_bitmask_matmul.restype = INT
+    lib.oats_bitmask_matmul.argtypes = [P, INT, P, P, I64, I64, I64, P, I64, P, INT, INT, INT]
+    lib.oats_bitmask_to_dense.restype = INT
+    lib.oats_bitmask_to_dense.argtypes = [P, INT, P, P, I64, I64, I64, I64, P, INT, INT]
     return lib, f"built ({os.path.basename(spec.origin)})"
 
 
@@ -55,9 +64,7 @@ def row_topk(R: torch.Tensor, k: int, cut: torch.Tensor | None = None,
     the cut keep the lowest column indices. ``out``: (S, mask) buffers to write into (contiguous,
     fp32 and bool, R's shape). Requires :func:`available`.
     """
-    lib = _load()[0]
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {status()}")
+    lib = _lib()
     if R.dtype != torch.float32 or R.device.type != "cpu" or R.dim() != 2:
         raise ValueError(f"row_topk takes a 2-D fp32 CPU tensor, got {R.dtype} {tuple(R.shape)} on {R.device}")
     m, n = R.shape
@@ -76,3 +83,62 @@ def row_topk(R: torch.Tensor, k: int, cut: torch.Tensor | None = None,
     lib.oats_row_topk(R.data_ptr(), m, n, k, cut.data_ptr(), int(warm), S.data_ptr(), mask.data_ptr(),
                       torch.get_num_threads())
     return S, mask, cut
+
+
+def _lib() -> ctypes.CDLL:
+    lib = _load()[0]
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {status()}")
+    return lib
+
+
+def best_isa() -> str:
+    """The bitmask kernels' best instruction-set path on this CPU: ``avx512``, ``avx2`` or ``scalar``."""
+    code = _lib().oats_best_isa()
+    return next(k for k, v in ISAS.items() if v == code)
+
+
+def _isa_code(isa: str | None) -> int:
+    isa = isa or os.environ.get("OATS_ISA") or None
+    if isa is None:
+        return 0
+    if isa not in ISAS:
+        raise ValueError(f"isa {isa!r} unknown; allowed: {', '.join(ISAS)} (or unset: the best this CPU has)")
+    return ISAS[isa]
+
+
+def bitmask_matmul(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,
+                   x: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False,
+                   isa: str | None = None) -> tuple[torch.Tensor, str]:
+    """``x S^T`` for S in the bitmask format (:class:`oats.sparse_format.BitmaskTensor`'s arrays): (y, isa used).
+
+    x: (n, d_in) fp32 contiguous. values fp32 or bf16. ``out``: (n, d_out) fp32 to write into, or to add to
+    with ``accumulate``. ``isa``: ``avx512``, ``avx2`` or ``scalar`` (capped at what the CPU has; default
+    the best, or the environment's ``OATS_ISA``). Unchecked layout: callers pass a BitmaskTensor's own arrays.
+    """
+    lib = _lib()
+    n = x.shape[0]
+    d_out = bitmask.shape[0]
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs an out tensor to add to")
+        out = torch.empty(n, d_out, dtype=torch.float32)
+    used = lib.oats_bitmask_matmul(values.data_ptr(), int(values.dtype == torch.bfloat16), bitmask.data_ptr(),
+                                   row_offsets.data_ptr(), values.numel(), d_out, d_in, x.data_ptr(), n,
+                                   out.data_ptr(), int(accumulate), _isa_code(isa), torch.get_num_threads())
+    return out, next(k for k, v in ISAS.items() if v == used)
+
+
+def bitmask_to_dense(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,
+                     rows: tuple[int, int] | None = None, out: torch.Tensor | None = None,
+                     isa: str | None = None) -> torch.Tensor:
+    """Rows ``[r0, r1)`` (default all) of a bitmask-format matrix as dense fp32 (into ``out``, contiguous
+    (r1 - r0, d_in) fp32, if given)."""
+    lib = _lib()
+    r0, r1 = rows or (0, bitmask.shape[0])
+    if out is None:
+        out = torch.empty(r1 - r0, d_in, dtype=torch.float32)
+    lib.oats_bitmask_to_dense(values.data_ptr(), int(values.dtype == torch.bfloat16), bitmask.data_ptr(),
+                              row_offsets.data_ptr(), values.numel(), r0, r1, d_in, out.data_ptr(), _isa_code(isa),
+                              torch.get_num_threads())
+    return out

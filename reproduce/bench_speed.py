@@ -46,6 +46,8 @@ def parse(argv=None) -> argparse.Namespace:
                    help="engines to try; missing optional ones are reported and skipped")
     p.add_argument("--out", type=Path, default=REPO / "results" / "speed")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time bf16 dense (torch) against bf16 bitmask (native) engines")
     return p.parse_args(argv)
 
 
@@ -67,7 +69,8 @@ def main(argv=None) -> int:
             print(f"== {size} at compression {c} ({args.threads} thread(s))", flush=True)
             if size == "llama3-8b-block":
                 report = block_speed(args.blocks, c, args.rank_ratio, args.prefill, args.decode, args.repeats,
-                                     args.engines, args.threads, seed=args.seed, progress=True, hidden=args.hidden,
+                                     args.engines, args.threads, seed=args.seed, progress=True, bf16=args.bf16,
+                                     hidden=args.hidden,
                                      intermediate=args.intermediate, kv=args.kv)
             else:
                 if model is None:
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
                     model, _ = load_model("smollm2-135m")
                 report = model_structure_speed(model, c, args.rank_ratio, args.prefill, args.decode, args.repeats,
                                                "SmolLM2-135M whole model, in-process (each layer cache-resident)",
-                                               seed=args.seed, progress=True)
+                                               seed=args.seed, progress=True, bf16=args.bf16)
                 skipped = [e for e in args.engines if e != "inprocess"]
                 if skipped:
                     report["notes"].append(f"{', '.join(skipped)}: block level only (not run on whole models)")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from oats.budget import layer_budget
-from oats.speed.engines import CPULinear, engines_here
+from oats.speed.engines import ENGINE_FORMAT, CPULinear, engine_dtype, engines_here
 from oats.speed.env import available_engines, provenance
 from oats.speed.export import ExportedLinear, rowwise_csr
 from oats.speed.timing import Runner, measure
@@ -84,7 +84,7 @@ def layer_fn(spec: ExportedLinear, engine: str) -> Layer:
     if engine == "torch":
         w = torch.from_numpy(spec.weight)
         return lambda x: torch.nn.functional.linear(torch.from_numpy(x), w).numpy()
-    return CPULinear(spec, engine).matmul
+    return CPULinear(spec, engine).matmul  # torch-bf16 included (its weight converted once)
 
 
 def block_onnx(blocks: list[dict[str, ExportedLinear]], tokens: int, path: Path) -> Path:
@@ -152,7 +152,8 @@ def _deepsparse_engine(path: Path, threads: int):
 
 
 def block_runners(variants: Mapping[str, list[dict[str, ExportedLinear]]], prefill_tokens: int, decode_tokens: int,
-                  engines: list[str], threads: int, workdir: Path, seed: int = 0) -> tuple[list[Runner], list[str]]:
+                  engines: list[str], threads: int, workdir: Path, seed: int = 0,
+                  bf16: bool = False) -> tuple[list[Runner], list[str]]:
     """Runners for synthetic block stacks; returns (runners, notes about engines not run). Inputs:
     random x (prefill_tokens, hidden) for prefill and (1, hidden) for each decode step."""
     avail = available_engines()
@@ -184,11 +185,12 @@ def block_runners(variants: Mapping[str, list[dict[str, ExportedLinear]]], prefi
         specs = [s for b in blocks for s in b.values()]
         nbytes, params = sum(s.weight_bytes() for s in specs), sum(s.params for s in specs)
         if "inprocess" in engines:
-            for engine in engines_here(dense=variant == "dense"):
+            for engine in engines_here(dense=variant == "dense", bf16=bf16):
                 fns = [{k: layer_fn(s, engine) for k, s in b.items()} for b in blocks]
                 call = (lambda x, fns=fns: block_forward(x, fns))
-                runners.append(Runner(variant, f"inprocess-{engine}", nbytes, params,
-                                      timed(call, "prefill"), timed(call, "decode")))
+                fmt, value_bytes = ENGINE_FORMAT[engine]
+                runners.append(Runner(variant, f"inprocess-{engine}", sum(s.weight_bytes(fmt, value_bytes) for s in specs),
+                                      params, timed(call, "prefill"), timed(call, "decode"), engine_dtype(engine), fmt))
         for engine in ("onnxruntime", "deepsparse"):
             if engine not in engines:
                 continue
@@ -214,14 +216,15 @@ def block_runners(variants: Mapping[str, list[dict[str, ExportedLinear]]], prefi
 
 def block_speed(n_blocks: int, compression: float, rank_ratio: float, prefill_tokens: int, decode_tokens: int,
                 repeats: int, engines: list[str], threads: int, seed: int = 0, progress: bool = False,
-                **shape) -> dict:
+                bf16: bool = False, **shape) -> dict:
     """Dense vs unstructured vs OATS (equal parameter count) on ``n_blocks`` synthetic Llama blocks;
     a report dict as :func:`oats.speed.report.format_report` takes it, plus ``oats_rank_nnz``."""
     variants = {"dense": synthetic_blocks(n_blocks, "dense", None, 0.0, seed, **shape),
                 "unstructured": synthetic_blocks(n_blocks, "unstructured", compression, 0.0, seed, **shape),
                 "oats": synthetic_blocks(n_blocks, "oats", compression, rank_ratio, seed, **shape)}
     with tempfile.TemporaryDirectory(prefix="oats_speed_") as tmp:
-        runners, notes = block_runners(variants, prefill_tokens, decode_tokens, engines, threads, Path(tmp), seed)
+        runners, notes = block_runners(variants, prefill_tokens, decode_tokens, engines, threads, Path(tmp), seed,
+                                       bf16)
         rows = measure(runners, repeats, prefill_tokens, decode_tokens, progress=progress)
     shapes = llama_block_shapes(**shape)
     ranks = {k: (s.rank, s.nnz) for k, s in variants["oats"][0].items()}

@@ -20,7 +20,8 @@ needs_mkl = pytest.mark.skipif(mkl_module() is None, reason=f"MKL engine unavail
                                "install the extra `pip install -c constraints.txt -e '.[speed]'`")
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed: the extra "
                                "`pip install -c constraints.txt -e '.[speed]'`")
-SPARSE_ENGINES = ["scipy", pytest.param("mkl", marks=needs_mkl)]
+needs_native = pytest.mark.skipif(not oats.native.available(), reason=f"native kernels: {oats.native.status()}")
+SPARSE_ENGINES = ["scipy", pytest.param("mkl", marks=needs_mkl), pytest.param("native", marks=needs_native)]
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +66,29 @@ def test_dense_engines_match(engine):
         CPULinear(spec, "scipy")
 
 
-def test_nm_pattern_is_detected_and_weight_bytes_count_csr():
+def test_nm_pattern_is_detected_and_weight_bytes_count_each_format():
     spec = export_linear(_layer(0, nm=True))
     assert spec.nm == "2:4" and detect_nm(torch.ones(2, 8, dtype=torch.bool)) is None
     assert spec.weight_bytes() == 8 * spec.nnz + 4 * (24 + 1)
+    assert spec.weight_bytes("bitmask") == 4 * spec.nnz + 24 * 4 + 8 * 24  # 32 columns: 4 mask bytes per row
+    assert spec.weight_bytes("bitmask", 2) == 2 * spec.nnz + 24 * 4 + 8 * 24
+    lowrank = export_linear(_layer(3))
+    assert lowrank.weight_bytes("bitmask") == 4 * lowrank.nnz + 24 * 4 + 8 * 24 + 4 * 3 * (24 + 32)
     assert ExportedLinear(24, 32, weight=np.zeros((24, 32), np.float32)).weight_bytes() == 4 * 24 * 32
+    assert ExportedLinear(24, 32, weight=np.zeros((24, 32), np.float32)).weight_bytes("bitmask", 2) == 2 * 24 * 32
+    with pytest.raises(ValueError, match="weight format 'coo' unknown; allowed: dense, csr, bitmask"):
+        spec.weight_bytes("coo")
+
+
+@needs_native
+@pytest.mark.parametrize("rank", [0, 5])
+def test_bf16_engines_match_within_bf16_rounding(rank):
+    layer = _layer(rank)
+    x = torch.randn(4, 32)
+    ref = layer(x)
+    tol = 2e-2 * float(ref.abs().max())
+    torch.testing.assert_close(CPULinear(export_linear(layer), "native-bf16")(x), ref, atol=tol, rtol=0)
+    torch.testing.assert_close(CPULinear(export_linear(layer, dense=True), "torch-bf16")(x), ref, atol=tol, rtol=0)
 
 
 @pytest.mark.parametrize("engine", SPARSE_ENGINES)
@@ -155,5 +174,6 @@ def test_pipeline_speed_records(oats_llama, tmp_path):
     assert [type(m).__name__ for m in model.modules()] == before  # the model's modules are put back
     got = {r["metric"]: r for r in recs}
     assert {"prefill_speedup", "decode_speedup", "prefill_ideal_speedup"} <= set(got)
-    assert got["prefill_speedup"]["engine"] == f"inprocess-{sparse_engine()}"
+    assert got["prefill_speedup"]["engine"] in {f"inprocess-{e}" for e in ("native", "mkl", "scipy")}
+    assert sparse_engine() == ("native" if oats.native.available() else "mkl" if mkl_module() else "scipy")
     assert (tmp_path / "speed.json").exists() and "tiny" in (tmp_path / "speed.md").read_text()

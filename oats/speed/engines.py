@@ -1,10 +1,12 @@
 """In-process CPU engines: each exported linear becomes a module that computes on numpy arrays.
 
-The sparse part is a CSR matrix multiplied by MKL (PyPI ``sparse-dot-mkl`` + ``mkl``) or, when MKL
-is unavailable, by scipy; the low-rank factors are dense products (MKL gemm with MKL, numpy
-otherwise). Dense layers can run on ``torch`` (``F.linear``), ``numpy`` (OpenBLAS) or ``mkl`` (MKL
-gemm), so a speedup is measured against the fastest dense engine. :func:`to_engine` swaps a
-model's linears for these modules.
+The sparse part runs on the project's own engine, ``native`` (the bitmask format and its AVX-512 /
+AVX2 kernels, :mod:`oats.speed.bitmask_engine`; ``native-bf16`` with bf16 values), or as a CSR
+matrix multiplied by MKL (PyPI ``sparse-dot-mkl`` + ``mkl``) or scipy; the low-rank factors are
+dense products (PyTorch's BLAS for native, MKL gemm with MKL, numpy otherwise). Dense layers can run
+on ``torch`` (``F.linear``; ``torch-bf16`` in bf16), ``numpy`` (OpenBLAS) or ``mkl`` (MKL gemm), so a
+speedup is measured against the fastest dense engine of the same value type. :func:`to_engine`
+swaps a model's linears for these modules.
 """
 from __future__ import annotations
 
@@ -15,20 +17,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import native
 from ..layers import set_submodule
+from .bitmask_engine import BitmaskLinear
 from .env import mkl_error, mkl_module, sparse_engine
 from .export import ExportedLinear, export_modules
 
-DENSE_ENGINES = ("torch", "numpy", "mkl")   # dense layers
-SPARSE_ENGINES = ("mkl", "scipy")           # CSR sparse part (+ dense low-rank factors)
+DENSE_ENGINES = ("torch", "numpy", "mkl", "torch-bf16")      # dense layers
+SPARSE_ENGINES = ("native", "native-bf16", "mkl", "scipy")   # sparse part (+ dense low-rank factors)
+# the weight format each engine reads: (format, bytes per value), for the bandwidth-ideal speedups
+ENGINE_FORMAT = {"native": ("bitmask", 4), "native-bf16": ("bitmask", 2), "mkl": ("csr", 4), "scipy": ("csr", 4),
+                 "torch": ("dense", 4), "numpy": ("dense", 4), "torch-bf16": ("dense", 2)}
 
 
-def engines_here(dense: bool) -> list[str]:
-    """The in-process engines a variant is timed on here: every dense engine (``mkl`` if MKL loads)
-    for a dense variant, the sparse engine (:func:`oats.speed.env.sparse_engine`) for a compressed one."""
+def engine_dtype(engine: str) -> str:
+    """The value type an engine computes with: ``bf16`` or ``fp32``."""
+    return "bf16" if engine.endswith("-bf16") else "fp32"
+
+
+def engines_here(dense: bool, bf16: bool = False) -> list[str]:
+    """The in-process engines a variant is timed on here. Dense: torch, numpy, mkl (if MKL loads).
+    Compressed: the native bitmask engine (if built) and the CSR engine (MKL, else scipy) beside it.
+    ``bf16``: also ``torch-bf16`` / ``native-bf16``."""
     if not dense:
-        return [sparse_engine()]
-    return [e for e in DENSE_ENGINES if e != "mkl" or mkl_module() is not None]
+        out = (["native"] if native.available() else []) + ["mkl" if mkl_module() is not None else "scipy"]
+        return out + (["native-bf16"] if bf16 and native.available() else [])
+    out = [e for e in DENSE_ENGINES if e != "mkl" or mkl_module() is not None]
+    return out if bf16 else [e for e in out if engine_dtype(e) == "fp32"]
 
 
 class CPULinear(nn.Module):
@@ -50,15 +65,30 @@ class CPULinear(nn.Module):
             raise ValueError(f"engine {engine!r} cannot run a {spec.kind} layer; allowed: {', '.join(allowed)}")
         if engine == "mkl" and mkl_module() is None:
             raise RuntimeError(f"engine 'mkl' unavailable: {mkl_error()}; install the extra `.[speed]`")
+        if engine.startswith("native") and not native.available():
+            raise RuntimeError(f"engine {engine!r} unavailable: native kernels {native.status()}")
         self._torch_w = torch.from_numpy(spec.weight) if spec.weight is not None else None
+        if engine == "torch-bf16":
+            self._torch_w = self._torch_w.to(torch.bfloat16)
         self._torch_b = None if spec.bias is None else torch.from_numpy(spec.bias)
-        self._wt = np.ascontiguousarray(spec.weight.T) if spec.weight is not None and engine != "torch" else None
+        self._wt = np.ascontiguousarray(spec.weight.T) if spec.weight is not None and \
+            not engine.startswith("torch") else None
+        self._bitmask = None
+        if engine.startswith("native"):
+            self._bitmask = BitmaskLinear.from_dense_parts(
+                torch.from_numpy(spec.sparse.toarray()), None if spec.U is None else torch.from_numpy(spec.U),
+                None if spec.V is None else torch.from_numpy(spec.V),
+                dtype=torch.bfloat16 if engine == "native-bf16" else torch.float32)
         self._ut = None if spec.U is None else np.ascontiguousarray(spec.U.T)   # (r, d_out)
         self._vt = None if spec.V is None else np.ascontiguousarray(spec.V.T)   # (d_in, r)
         self.matmul: Callable[[np.ndarray], np.ndarray] = self._choose()
 
     def _choose(self) -> Callable[[np.ndarray], np.ndarray]:
         spec, mkl = self.spec, mkl_module() if self.engine == "mkl" else None
+        if self._bitmask is not None:
+            return lambda x: self._bitmask.matmul(torch.from_numpy(x)).numpy()
+        if self.engine == "torch-bf16":
+            return lambda x: F.linear(torch.from_numpy(x).to(torch.bfloat16), self._torch_w).float().numpy()
         if spec.kind == "dense":
             if self.engine == "mkl":
                 return lambda x: mkl.dot_product_mkl(x, self._wt)
@@ -84,12 +114,22 @@ class CPULinear(nn.Module):
         """(..., d_in) -> (..., d_out), in ``x``'s dtype (computed in fp32)."""
         if self.engine == "torch":
             return F.linear(x, self._torch_w.to(x.dtype), None if self._torch_b is None else self._torch_b.to(x.dtype))
+        if self._bitmask is not None:
+            shape = x.shape
+            y = self._bitmask.matmul(x.reshape(-1, shape[-1]))
+            if self._torch_b is not None:
+                y = y + self._torch_b
+            return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).detach().to(torch.float32).cpu().numpy()
         y = self.matmul(x2)
         if self.spec.bias is not None:
             y = y + self.spec.bias
         return torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights this engine reads per forward (its format, :data:`ENGINE_FORMAT`)."""
+        return self.spec.weight_bytes(*ENGINE_FORMAT[self.engine])
 
     def extra_repr(self) -> str:
         nm = f", nm={self.spec.nm}" if self.spec.nm else ""
@@ -126,8 +166,8 @@ def swap_modules(model: nn.Module, modules: dict[str, nn.Module]) -> dict[str, n
 def to_engine(model: nn.Module, engine: str | None = None, dense: bool = False) -> nn.Module:
     """Swap, in place, every target linear of ``model`` for its CPU module; returns ``model``.
 
-    ``engine`` None: the sparse engine available here (:func:`sparse_engine`) for compressed layers
-    (``dense=False``), ``numpy`` for dense ones.
+    ``engine`` None: the sparse engine available here (:func:`sparse_engine`: ``native`` when its
+    kernels are built) for compressed layers (``dense=False``), ``numpy`` for dense ones.
     """
     exported = export_modules(model, dense)
     if engine is None:

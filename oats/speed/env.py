@@ -52,7 +52,12 @@ def mkl_error() -> str | None:
 
 
 def sparse_engine() -> str:
-    """The sparse engine that runs here: ``mkl`` when sparse-dot-mkl and MKL load, else ``scipy``."""
+    """The default sparse engine here: ``native`` (the bitmask kernels, :mod:`oats.native`) when built,
+    else ``mkl`` when sparse-dot-mkl and MKL load, else ``scipy``."""
+    from .. import native
+
+    if native.available():
+        return "native"
     return "mkl" if mkl_module() is not None else "scipy"
 
 
@@ -114,6 +119,10 @@ def engine_versions() -> dict[str, Any]:
     mkl = mkl_module()
     out["mkl_runtime"] = mkl.mkl_get_version_string() if mkl is not None else f"unavailable ({mkl_error()})"
     out["sparse_engine"] = sparse_engine()
+    from .. import native
+
+    out["native_kernels"] = native.status()
+    out["native_isa"] = (os.environ.get("OATS_ISA") or native.best_isa()) if native.available() else None
     rt = runtime.describe()
     out["cpu"] = rt["cpu"]
     out["cpu_count"] = os.cpu_count()

@@ -59,12 +59,20 @@ class ExportedLinear:
         """Weight parameters kept (bias excluded)."""
         return self.nnz + self.rank * (self.d_out + self.d_in)
 
-    def weight_bytes(self, index_bytes: int = 4) -> int:
-        """Bytes of weights read per forward: fp32 values, CSR int32 column indices and row pointers."""
-        if self.weight is not None:
-            return 4 * self.d_out * self.d_in
-        csr = (4 + index_bytes) * self.nnz + index_bytes * (self.d_out + 1)
-        return csr + 4 * self.rank * (self.d_out + self.d_in)
+    def weight_bytes(self, fmt: str = "csr", value_bytes: int = 4) -> int:
+        """Bytes of weights read per forward in format ``fmt`` with ``value_bytes`` per value (4 fp32,
+        2 bf16): ``dense`` every weight; ``csr`` values + int32 column indices + row pointers;
+        ``bitmask`` values + one bit per weight + int64 row offsets (:mod:`oats.sparse_format`).
+        A dense layer is dense in every format. The low-rank factors are dense values."""
+        if fmt not in ("dense", "csr", "bitmask"):
+            raise ValueError(f"weight format {fmt!r} unknown; allowed: dense, csr, bitmask")
+        if self.weight is not None or fmt == "dense":
+            return value_bytes * self.d_out * self.d_in
+        if fmt == "csr":
+            sparse = (value_bytes + 4) * self.nnz + 4 * (self.d_out + 1)
+        else:
+            sparse = value_bytes * self.nnz + self.d_out * ((self.d_in + 7) // 8) + 8 * self.d_out
+        return sparse + value_bytes * self.rank * (self.d_out + self.d_in)
 
     def dense_weight(self) -> np.ndarray:
         """The layer's dense equivalent, (d_out, d_in): ``W``, or ``S + U V``."""
@@ -151,9 +159,9 @@ def _specs(exported: dict) -> list[ExportedLinear]:
     return [p for s in exported.values() for p in (s if isinstance(s, list) else [s])]
 
 
-def weight_bytes(exported: dict) -> int:
+def weight_bytes(exported: dict, fmt: str = "csr", value_bytes: int = 4) -> int:
     """Weight bytes read per forward by all of :func:`export_modules`' layers (:meth:`ExportedLinear.weight_bytes`)."""
-    return sum(s.weight_bytes() for s in _specs(exported))
+    return sum(s.weight_bytes(fmt, value_bytes) for s in _specs(exported))
 
 
 def weight_params(exported: dict) -> int:

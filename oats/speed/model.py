@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..budget import layer_budget
-from .engines import build_engine_modules, engines_here, swap_modules
+from .engines import ENGINE_FORMAT, build_engine_modules, engine_dtype, engines_here, swap_modules
 from .env import provenance, set_thread_env
 from .export import (ExportedLinear, export_modules, has_compressed, rowwise_csr, target_modules, weight_bytes,
                      weight_params)
@@ -27,13 +27,13 @@ from .timing import Runner, measure
 
 
 def model_runners(model: nn.Module, variants: Mapping[str, Mapping], prefill_tokens: int, decode_tokens: int,
-                  engines: list[str] | tuple = ("inprocess",), prompt_tokens: int = 16, seed: int = 0
-                  ) -> list[Runner]:
+                  engines: list[str] | tuple = ("inprocess",), prompt_tokens: int = 16, seed: int = 0,
+                  bf16: bool = False) -> list[Runner]:
     """Runners for a causal LM whose target linears take, in turn, each variant's exported modules.
 
     ``variants``: name -> exported modules (:func:`oats.speed.export.export_modules`); a dense
-    variant gets the dense engines (torch, numpy, mkl), the others the sparse engine available here
-    (:func:`oats.speed.engines.engines_here`). Inputs: random token ids, (1, prefill_tokens) for
+    variant gets the dense engines (torch, numpy, mkl), the others the sparse engines available here
+    (:func:`oats.speed.engines.engines_here`; ``bf16``: also their bf16 engines). Inputs: random token ids, (1, prefill_tokens) for
     prefill and a (1, prompt_tokens) prompt before decode, drawn with ``seed``.
     """
     vocab = model.get_input_embeddings().num_embeddings
@@ -44,7 +44,7 @@ def model_runners(model: nn.Module, variants: Mapping[str, Mapping], prefill_tok
     if "inprocess" not in engines:
         return runners
     for variant, exported in variants.items():
-        for engine in engines_here(dense=not has_compressed(exported)):
+        for engine in engines_here(dense=not has_compressed(exported), bf16=bf16):
             modules = build_engine_modules(exported, engine)
 
             def prefill(modules=modules) -> float:
@@ -65,19 +65,20 @@ def model_runners(model: nn.Module, variants: Mapping[str, Mapping], prefill_tok
                         past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
                     return time.perf_counter() - t
 
-            runners.append(Runner(variant, f"inprocess-{engine}", weight_bytes(exported), weight_params(exported),
-                                  prefill, decode))
+            fmt, value_bytes = ENGINE_FORMAT[engine]
+            runners.append(Runner(variant, f"inprocess-{engine}", weight_bytes(exported, fmt, value_bytes),
+                                  weight_params(exported), prefill, decode, engine_dtype(engine), fmt))
     return runners
 
 
 def time_variants(model: nn.Module, variants: Mapping[str, Mapping], prefill_tokens: int, decode_tokens: int,
                   repeats: int, engines: list[str] | tuple = ("inprocess",), warmup: int = 1, seed: int = 0,
-                  progress: bool = False) -> list[dict]:
+                  progress: bool = False, bf16: bool = False) -> list[dict]:
     """:func:`oats.speed.timing.measure` rows of :func:`model_runners`; ``model``'s own target
     linears are put back afterwards, whatever happens."""
     originals = dict(target_modules(model))
     try:
-        runners = model_runners(model, variants, prefill_tokens, decode_tokens, engines, seed=seed)
+        runners = model_runners(model, variants, prefill_tokens, decode_tokens, engines, seed=seed, bf16=bf16)
         return measure(runners, repeats, prefill_tokens, decode_tokens, warmup=warmup, progress=progress)
     finally:
         swap_modules(model, originals)
@@ -155,11 +156,13 @@ def structure_like(model: nn.Module, variant: str, compression: float, rank_rati
 
 
 def model_structure_speed(model: nn.Module, compression: float, rank_ratio: float, prefill_tokens: int,
-                          decode_tokens: int, repeats: int, label: str, seed: int = 0, progress: bool = False) -> dict:
+                          decode_tokens: int, repeats: int, label: str, seed: int = 0, progress: bool = False,
+                          bf16: bool = False) -> dict:
     """Dense vs unstructured vs OATS (equal parameter count) on a real model's shapes (in-process)."""
     variants = {"dense": export_modules(model),
                 "unstructured": structure_like(model, "unstructured", compression, rank_ratio, seed),
                 "oats": structure_like(model, "oats", compression, rank_ratio, seed)}
-    rows = time_variants(model, variants, prefill_tokens, decode_tokens, repeats, seed=seed, progress=progress)
+    rows = time_variants(model, variants, prefill_tokens, decode_tokens, repeats, seed=seed, progress=progress,
+                         bf16=bf16)
     return {"rows": rows, **provenance(),
             "label": f"{label}, compression {compression}, OATS rank ratio {rank_ratio}", "notes": []}

@@ -2,9 +2,10 @@
 
 Each repeat runs every runner once, in a rotated order, so slow drifts of the machine spread over
 all of them. Rows report the median and min-max, tokens/s, the speedup over the **fastest dense
-engine** of the same phase, and the memory-bandwidth-ideal speedup: dense weight bytes / the
-variant's weight bytes (fp32 values + int32 CSR indices + factors), i.e. what a kernel limited only
-by reading its weights would gain.
+engine** of the same phase and value type (fp32 against fp32, bf16 against bf16), and the
+memory-bandwidth-ideal speedup: dense weight bytes / the bytes of the format this engine reads
+(bitmask or CSR indices, values, factors), i.e. what a kernel limited only by reading its weights
+would gain, and the share of it the engine reaches.
 """
 from __future__ import annotations
 
@@ -18,19 +19,22 @@ class Runner:
     ``params``: the variant's weight bytes and parameters, for the ideal speedups."""
 
     def __init__(self, variant: str, engine: str, nbytes: int, params: int,
-                 prefill: Callable[[], float] | None, decode: Callable[[], float] | None) -> None:
+                 prefill: Callable[[], float] | None, decode: Callable[[], float] | None,
+                 dtype: str = "fp32", fmt: str = "csr") -> None:
         self.variant, self.engine, self.nbytes, self.params = variant, engine, nbytes, params
         self.prefill, self.decode = prefill, decode
+        self.dtype, self.fmt = dtype, fmt
 
 
 def measure(runners: list[Runner], repeats: int, prefill_tokens: int, decode_tokens: int, warmup: int = 1,
             progress: bool = False) -> list[dict]:
     """Interleaved timing of every runner; one row per (variant, engine, phase).
 
-    Row keys: variant, engine, phase, tokens, repeats, median_ms / min_ms / max_ms (prefill: per
-    forward; decode: per token), tokens_per_s, weight_params, weight_bytes, ideal_speedup (CSR int32
-    bytes), ideal_values_speedup (no index cost), and where a dense variant ran, speedup and
-    vs_dense_engine (the fastest dense engine of the phase).
+    Row keys: variant, engine, dtype, format, phase, tokens, repeats, median_ms / min_ms / max_ms
+    (prefill: per forward; decode: per token), tokens_per_s, weight_params, weight_bytes,
+    ideal_speedup (dense bytes / this format's bytes, same value type), ideal_values_speedup (no
+    index cost), and where a dense variant of the same value type ran, speedup, vs_dense_engine (the
+    fastest dense engine of the phase) and of_ideal (speedup / ideal_speedup).
     """
     times: dict[tuple[int, str], list[float]] = {}
     for rep in range(-warmup, repeats):
@@ -45,29 +49,34 @@ def measure(runners: list[Runner], repeats: int, prefill_tokens: int, decode_tok
                     times.setdefault((i, phase), []).append(t)
         if progress:
             print(f"  repeat {rep + 1}/{repeats}", flush=True)
-    dense_bytes = max((r.nbytes for r in runners if r.variant == "dense"), default=None)
+    dense_bytes = {dt: max((r.nbytes for r in runners if r.variant == "dense" and r.dtype == dt), default=None)
+                   for dt in {r.dtype for r in runners}}
     dense_params = max((r.params for r in runners if r.variant == "dense"), default=None)
     rows = []
     for (i, phase), ts in times.items():
         r = runners[i]
         tokens = prefill_tokens if phase == "prefill" else decode_tokens
         med = statistics.median(ts)
+        dbytes = dense_bytes[r.dtype]
         rows.append({
-            "variant": r.variant, "engine": r.engine, "phase": phase, "tokens": tokens, "repeats": len(ts),
+            "variant": r.variant, "engine": r.engine, "dtype": r.dtype, "format": r.fmt, "phase": phase,
+            "tokens": tokens, "repeats": len(ts),
             "median_ms": 1e3 * med / (1 if phase == "prefill" else tokens),
             "min_ms": 1e3 * min(ts) / (1 if phase == "prefill" else tokens),
             "max_ms": 1e3 * max(ts) / (1 if phase == "prefill" else tokens),
             "tokens_per_s": tokens / med, "weight_params": r.params, "weight_bytes": r.nbytes,
-            "ideal_speedup": dense_bytes / r.nbytes if dense_bytes else None,  # CSR int32 bytes
+            "ideal_speedup": dbytes / r.nbytes if dbytes else None,  # this format's bytes
             "ideal_values_speedup": dense_params / r.params if dense_params else None,  # no index cost
         })
     for phase in ("prefill", "decode"):
-        dense = [x for x in rows if x["phase"] == phase and x["variant"] == "dense"]
-        if not dense:
-            continue
-        best = min(dense, key=lambda x: x["median_ms"])
-        for x in rows:
-            if x["phase"] == phase:
-                x["speedup"] = best["median_ms"] / x["median_ms"]
-                x["vs_dense_engine"] = best["engine"]
+        for dt in dense_bytes:
+            dense = [x for x in rows if x["phase"] == phase and x["variant"] == "dense" and x["dtype"] == dt]
+            if not dense:
+                continue
+            best = min(dense, key=lambda x: x["median_ms"])
+            for x in rows:
+                if x["phase"] == phase and x["dtype"] == dt:
+                    x["speedup"] = best["median_ms"] / x["median_ms"]
+                    x["vs_dense_engine"] = best["engine"]
+                    x["of_ideal"] = x["speedup"] / x["ideal_speedup"] if x["ideal_speedup"] else None
     return rows

@@ -1,0 +1,123 @@
+"""The project's own CPU engine: ``y = x S^T + (x V^T) U^T (+ b)`` with S in the bitmask format.
+
+The sparse part runs on the native kernels (:func:`oats.native.bitmask_matmul`, AVX-512 or AVX2
+chosen at run time, OpenMP over output rows), the low-rank part through PyTorch's BLAS. Values and
+factors are fp32 or bf16 (fp32 accumulation either way).
+
+Per phase the module picks the faster of two ways to apply S, once per token-count bucket
+(powers of two), by timing both on the layer itself: the **kernel** (reads each weight's bit and
+value once per group of 8 tokens: the decode path) and **tile + GEMM** (expands a tile of rows to
+dense fp32, then a BLAS GEMM over all tokens: compute-bound prefill). No dense copy of the weights
+is kept: a tile is at most ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from .. import native
+from ..sparse_format import BitmaskTensor
+
+TILE_BYTES = 2 << 20  # one expanded fp32 tile of rows (2 MiB: stays in this CPU's L2/L3 for the GEMM)
+PATHS = ("kernel", "tile-gemm")
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class BitmaskLinear(nn.Module):
+    """One linear layer on the bitmask engine (see the module doc).
+
+    S: the sparse part (its values' dtype sets the factors' dtype). U: (d_out, r), V: (r, d_in) or
+    None. bias: (d_out,) or None. ``path``: force ``kernel`` or ``tile-gemm``; None picks per bucket.
+    """
+
+    def __init__(self, S: BitmaskTensor, U: torch.Tensor | None = None, V: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, path: str | None = None) -> None:
+        super().__init__()
+        if path is not None and path not in PATHS:
+            raise ValueError(f"path {path!r} unknown; allowed: {', '.join(PATHS)} (or None: the faster per bucket)")
+        self.S = S
+        self.out_features, self.in_features = S.shape
+        dt = S.values.dtype
+        self.Vt = None if U is None or U.shape[1] == 0 else V.detach().to(dt).t().contiguous()  # (d_in, r)
+        self.Ut = None if self.Vt is None else U.detach().to(dt).t().contiguous()  # (r, d_out)
+        self.bias = None if bias is None else bias.detach().float()
+        self.path = path
+        self.choices: dict[int, str] = {}
+        self._tile: torch.Tensor | None = None
+
+    @classmethod
+    def from_dense_parts(cls, sparse: torch.Tensor, U: torch.Tensor | None = None, V: torch.Tensor | None = None,
+                         bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
+                         path: str | None = None) -> BitmaskLinear:
+        return cls(BitmaskTensor.from_dense(sparse, dtype), U, V, bias, path)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.Vt is None else self.Vt.shape[1]
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights read per forward: values, bitmask and row offsets, the factors."""
+        lowrank = 0 if self.Vt is None else (self.Vt.numel() + self.Ut.numel()) * self.Vt.element_size()
+        return self.S.nbytes + lowrank
+
+    def _sparse_tiled(self, x: torch.Tensor) -> torch.Tensor:
+        d_out, d_in = self.S.shape
+        rows = max(16, TILE_BYTES // (4 * d_in))
+        if self._tile is None or self._tile.shape[0] != min(rows, d_out):
+            self._tile = torch.empty(min(rows, d_out), d_in)
+        yt = torch.empty(d_out, x.shape[0])
+        xt = x.t()
+        for r0 in range(0, d_out, rows):
+            r1 = min(d_out, r0 + rows)
+            tile = self._tile[: r1 - r0]
+            native.bitmask_to_dense(self.S.values, self.S.bitmask, self.S.row_offsets, d_in, (r0, r1), tile)
+            torch.mm(tile, xt, out=yt[r0:r1])
+        return yt.t()
+
+    def _sparse(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        return self.S.matmul(x) if path == "kernel" or not native.available() else self._sparse_tiled(x)
+
+    def _choose(self, x: torch.Tensor) -> str:
+        if self.path is not None:
+            return self.path
+        n = x.shape[0]
+        if n == 1 or not native.available():
+            return "kernel"
+        b = _bucket(n)
+        if b not in self.choices:
+            seconds = {}
+            for path in PATHS:
+                self._sparse(x, path)  # warm
+                t = time.perf_counter()
+                self._sparse(x, path)
+                seconds[path] = time.perf_counter() - t
+            self.choices[b] = min(seconds, key=seconds.get)
+        return self.choices[b]
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, d_in) -> (n, d_out) fp32, bias excluded."""
+        x = x.to(torch.float32).contiguous()
+        y = self._sparse(x, self._choose(x))
+        if self.Vt is not None:
+            low = (x.to(self.Vt.dtype) @ self.Vt) @ self.Ut
+            y = y.add_(low) if y.is_contiguous() else y + low
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_in) -> (..., d_out) in x's dtype."""
+        shape = x.shape
+        y = self.matmul(x.reshape(-1, shape[-1]))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        picked = ", ".join(f"n<={b}: {p}" for b, p in sorted(self.choices.items()))
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, values={self.S.values.dtype}, "
+                f"density={self.S.nnz / max(1, self.out_features * self.in_features):.3f}"
+                + (f", picked [{picked}]" if picked else ""))

@@ -1,0 +1,141 @@
+"""The bitmask format and its native kernels: exact layout, products equal to PyTorch on every ISA path."""
+import numpy as np
+import pytest
+import torch
+
+from oats import native
+from oats.sparse_format import BitmaskTensor
+from oats.speed.bitmask_engine import BitmaskLinear
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
+ISAS = [i for i in ("scalar", "avx2", "avx512")
+        if native.available() and native.ISAS[i] <= native.ISAS[native.best_isa()]]
+
+
+def sparse_matrix(d_out, d_in, density, seed=0, pattern=None):
+    g = torch.Generator().manual_seed(seed)
+    S = torch.randn(d_out, d_in, generator=g)
+    if pattern:  # N:M along the input columns
+        n, m = pattern
+        groups = torch.rand(d_out, d_in // m, m, generator=g).argsort(-1) < n
+        return S * groups.reshape(d_out, d_in)
+    S = S * (torch.rand(d_out, d_in, generator=g) < density)
+    if d_out > 2:
+        S[0] = 0.0  # an empty row
+        S[1] = torch.randn(d_in, generator=g)  # a full row
+    return S
+
+
+SHAPES = [(1, 1, 1), (5, 3, 1), (7, 17, 3), (33, 100, 9), (16, 31, 20), (64, 257, 1), (40, 64, 8), (24, 48, 2)]
+
+
+def test_layout_is_compressed_tensors_sparse_bitmask():
+    S = torch.tensor([[0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    b = BitmaskTensor.from_dense(S)
+    assert b.values.tolist() == [2.0, 3.0, 1.0]
+    assert b.bitmask.tolist() == [[0b10, 0b1], [0b1, 0]]  # little bit order, rows padded to whole bytes
+    assert b.row_offsets.tolist() == [0, 2]
+    sd = b.state_dict("w")
+    assert sorted(sd) == ["w.bitmask", "w.compressed", "w.row_offsets", "w.shape"]
+    assert sd["w.shape"].tolist() == [2, 9]
+    np.testing.assert_array_equal(b.bitmask.numpy(), np.packbits((S != 0).numpy(), axis=-1, bitorder="little"))
+    assert torch.equal(BitmaskTensor.from_state_dict(sd, "w").to_dense(), S)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d_out,d_in,n", SHAPES)
+def test_to_dense_and_mask_are_exact(d_out, d_in, n, dtype):
+    S = sparse_matrix(d_out, d_in, 0.4).to(dtype)
+    b = BitmaskTensor.from_dense(S)
+    assert torch.equal(b.to_dense(dtype), S)
+    assert torch.equal(b.mask(), S != 0)
+    for isa in ISAS:
+        assert torch.equal(native.bitmask_to_dense(b.values, b.bitmask, b.row_offsets, d_in, isa=isa), S.float())
+        if d_out > 2:
+            rows = native.bitmask_to_dense(b.values, b.bitmask, b.row_offsets, d_in, rows=(1, d_out - 1), isa=isa)
+            assert torch.equal(rows, S[1:-1].float())
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d_out,d_in,n", SHAPES)
+def test_kernel_matches_pytorch(d_out, d_in, n, dtype, isa):
+    S = sparse_matrix(d_out, d_in, 0.35, seed=d_in)
+    b = BitmaskTensor.from_dense(S, dtype)
+    x = torch.randn(n, d_in, generator=torch.Generator().manual_seed(1))
+    ref = x.double() @ b.to_dense().double().T  # the stored (bf16-rounded) values, exact product
+    y, used = native.bitmask_matmul(b.values, b.bitmask, b.row_offsets, d_in, x, isa=isa)
+    assert used == isa
+    scale = x.double().abs() @ b.to_dense().double().abs().T  # fp32 accumulation error bound
+    assert float(((y.double() - ref).abs() / scale.clamp_min(1e-30)).max()) < 1e-5
+    y2 = torch.ones(n, d_out)
+    native.bitmask_matmul(b.values, b.bitmask, b.row_offsets, d_in, x, out=y2, accumulate=True, isa=isa)
+    assert torch.allclose(y2, y + 1, atol=1e-5 * float(scale.max()) + 1e-6)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("pattern", [(2, 4), (4, 8), (1, 4)])
+def test_kernel_on_nm_patterns(pattern, isa):
+    S = sparse_matrix(48, 96, None, pattern=pattern)
+    b = BitmaskTensor.from_dense(S)
+    assert b.nnz == 48 * 96 * pattern[0] // pattern[1]
+    x = torch.randn(3, 96)
+    y, _ = native.bitmask_matmul(b.values, b.bitmask, b.row_offsets, 96, x, isa=isa)
+    assert torch.allclose(y, x @ S.T, rtol=1e-5, atol=1e-5)
+
+
+def test_damaged_arrays_are_refused_before_any_kernel_reads_them():
+    b = BitmaskTensor.from_dense(sparse_matrix(6, 20, 0.5))
+    with pytest.raises(ValueError, match="row_offsets or the number of values"):
+        BitmaskTensor(b.values[:-1], b.bitmask, b.row_offsets, b.shape)
+    offsets = b.row_offsets.clone()
+    offsets[2] += 1
+    with pytest.raises(ValueError, match="row_offsets or the number of values"):
+        BitmaskTensor(b.values, b.bitmask, offsets, b.shape)
+    bits = b.bitmask.clone()
+    bits[0, -1] |= 0x80  # column 23 of a 20-column matrix
+    with pytest.raises(ValueError, match="bits set past column 20"):
+        BitmaskTensor(b.values, bits, b.row_offsets, b.shape)
+    with pytest.raises(ValueError, match="expected uint8 \\(6, 3\\)"):
+        BitmaskTensor(b.values, b.bitmask[:, :2], b.row_offsets, b.shape)
+    with pytest.raises(ValueError, match="allowed: fp32, bf16, fp16"):
+        BitmaskTensor.from_dense(torch.ones(2, 2, dtype=torch.float64), torch.float64)
+    with pytest.raises(KeyError, match="lacks w.row_offsets"):
+        BitmaskTensor.from_state_dict({k: v for k, v in b.state_dict("w").items() if "offsets" not in k}, "w")
+    if native.available():
+        with pytest.raises(ValueError, match="isa 'sse' unknown; allowed: scalar, avx2, avx512"):
+            b.matmul(torch.randn(1, 20), isa="sse")
+
+
+def test_pytorch_fallback_gives_the_same_products(monkeypatch):
+    S = sparse_matrix(12, 37, 0.4)
+    b = BitmaskTensor.from_dense(S)
+    x = torch.randn(4, 37)
+    fast = b.matmul(x)
+    monkeypatch.setattr(native, "available", lambda: False)
+    assert torch.equal(b.to_dense(), S)
+    assert torch.allclose(b.matmul(x), fast, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(BitmaskLinear(b)(x), x @ S.T, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rank", [0, 6])
+def test_bitmask_linear_paths_agree_with_the_dense_layer(rank, dtype):
+    S = sparse_matrix(70, 45, 0.3)
+    U, V, bias = torch.randn(70, rank), torch.randn(rank, 45), torch.randn(70)
+    rounded = (S.to(dtype).float(), U.to(dtype).float(), V.to(dtype).float())
+    x = torch.randn(2, 9, 45)
+    ref = x @ rounded[0].T + (x @ rounded[2].T) @ rounded[1].T + bias
+    tol = 1e-4 if dtype == torch.float32 else 3e-2  # bf16: x is rounded for the low-rank product
+    for path in ("kernel", "tile-gemm", None):
+        layer = BitmaskLinear.from_dense_parts(S, U if rank else None, V if rank else None, bias, dtype, path)
+        assert layer.rank == rank
+        y = layer(x)
+        assert y.shape == (2, 9, 70)
+        assert torch.allclose(y, ref, rtol=tol, atol=tol * float(ref.abs().max())), path
+    assert set(layer.choices.values()) <= {"kernel", "tile-gemm"} and 32 in layer.choices  # 18 tokens: bucket 32
+    with pytest.raises(ValueError, match="path 'csr' unknown; allowed: kernel, tile-gemm"):
+        BitmaskLinear(BitmaskTensor.from_dense(S), path="csr")
