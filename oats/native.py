@@ -15,7 +15,8 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_to_dense"]
+__all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_spmm",
+           "bitmask_to_dense"]
 
 ISAS = {"scalar": 1, "avx2": 2, "avx512": 3}  # the bitmask kernels' instruction-set paths
 
@@ -41,6 +42,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.oats_best_isa.argtypes = []
     lib.oats_bitmask_matmul.restype = INT
     lib.oats_bitmask_matmul.argtypes = [P, INT, P, P, I64, I64, I64, P, I64, P, INT, INT, INT]
+    lib.oats_bitmask_spmm.restype = INT
+    lib.oats_bitmask_spmm.argtypes = [P, INT, P, P, I64, I64, P, I64, P, INT, INT]
     lib.oats_bitmask_to_dense.restype = INT
     lib.oats_bitmask_to_dense.argtypes = [P, INT, P, P, I64, I64, I64, I64, P, INT, INT]
     return lib, f"built ({os.path.basename(spec.origin)})"
@@ -127,6 +130,22 @@ def bitmask_matmul(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: tor
                                    row_offsets.data_ptr(), values.numel(), d_out, d_in, x.data_ptr(), n,
                                    out.data_ptr(), int(accumulate), _isa_code(isa), torch.get_num_threads())
     return out, next(k for k, v in ISAS.items() if v == used)
+
+
+def bitmask_spmm(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,
+                 xt: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor | None:
+    """``S xt`` for xt (d_in, n) fp32 contiguous (the tokens as columns): (d_out, n) fp32, walking each
+    row's nonzeros (work proportional to them: the prefill product). AVX-512 only: None elsewhere."""
+    lib = _lib()
+    d_out, n = bitmask.shape[0], xt.shape[1]
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs an out tensor to add to")
+        out = torch.empty(d_out, n, dtype=torch.float32)
+    used = lib.oats_bitmask_spmm(values.data_ptr(), int(values.dtype == torch.bfloat16), bitmask.data_ptr(),
+                                 row_offsets.data_ptr(), d_out, d_in, xt.data_ptr(), n, out.data_ptr(),
+                                 int(accumulate), torch.get_num_threads())
+    return out if used else None
 
 
 def bitmask_to_dense(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,

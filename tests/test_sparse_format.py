@@ -26,7 +26,8 @@ def sparse_matrix(d_out, d_in, density, seed=0, pattern=None):
     return S
 
 
-SHAPES = [(1, 1, 1), (5, 3, 1), (7, 17, 3), (33, 100, 9), (16, 31, 20), (64, 257, 1), (40, 64, 8), (24, 48, 2)]
+SHAPES = [(1, 1, 1), (5, 3, 1), (7, 17, 3), (33, 100, 9), (16, 31, 20), (64, 257, 1), (40, 64, 8), (24, 48, 2),
+          (8, 48, 1), (9, 40, 1), (6, 24, 1)]  # n = 1: the decode path (odd and even chunk counts, tails)
 
 
 def test_layout_is_compressed_tensors_sparse_bitmask():
@@ -71,6 +72,22 @@ def test_kernel_matches_pytorch(d_out, d_in, n, dtype, isa):
     assert float(((y.double() - ref).abs() / scale.clamp_min(1e-30)).max()) < 1e-5
     y2 = torch.ones(n, d_out)
     native.bitmask_matmul(b.values, b.bitmask, b.row_offsets, d_in, x, out=y2, accumulate=True, isa=isa)
+    assert torch.allclose(y2, y + 1, atol=1e-5 * float(scale.max()) + 1e-6)
+
+
+@pytest.mark.skipif("avx512" not in ISAS, reason="the spmm (prefill) kernel is AVX-512 only")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d_out,d_in,n", [(5, 3, 1), (33, 100, 9), (40, 130, 70), (17, 64, 64), (20, 200, 129)])
+def test_spmm_matches_pytorch(d_out, d_in, n, dtype):
+    S = sparse_matrix(d_out, d_in, 0.4, seed=n)
+    b = BitmaskTensor.from_dense(S, dtype)
+    xt = torch.randn(d_in, n, generator=torch.Generator().manual_seed(2))
+    y = native.bitmask_spmm(b.values, b.bitmask, b.row_offsets, d_in, xt)
+    ref = b.to_dense().double() @ xt.double()
+    scale = b.to_dense().double().abs() @ xt.double().abs()
+    assert float(((y.double() - ref).abs() / scale.clamp_min(1e-30)).max()) < 1e-5
+    y2 = torch.ones(d_out, n)
+    native.bitmask_spmm(b.values, b.bitmask, b.row_offsets, d_in, xt, out=y2, accumulate=True)
     assert torch.allclose(y2, y + 1, atol=1e-5 * float(scale.max()) + 1e-6)
 
 
@@ -130,12 +147,12 @@ def test_bitmask_linear_paths_agree_with_the_dense_layer(rank, dtype):
     x = torch.randn(2, 9, 45)
     ref = x @ rounded[0].T + (x @ rounded[2].T) @ rounded[1].T + bias
     tol = 1e-4 if dtype == torch.float32 else 3e-2  # bf16: x is rounded for the low-rank product
-    for path in ("kernel", "tile-gemm", None):
+    for path in ("kernel", "spmm", "tile-gemm", None):
         layer = BitmaskLinear.from_dense_parts(S, U if rank else None, V if rank else None, bias, dtype, path)
         assert layer.rank == rank
         y = layer(x)
         assert y.shape == (2, 9, 70)
         assert torch.allclose(y, ref, rtol=tol, atol=tol * float(ref.abs().max())), path
-    assert set(layer.choices.values()) <= {"kernel", "tile-gemm"} and 32 in layer.choices  # 18 tokens: bucket 32
-    with pytest.raises(ValueError, match="path 'csr' unknown; allowed: kernel, tile-gemm"):
+    assert set(layer.choices.values()) <= {"kernel", "spmm", "tile-gemm"} and 32 in layer.choices  # 18 tokens
+    with pytest.raises(ValueError, match="path 'csr' unknown; allowed: kernel, spmm, tile-gemm"):
         BitmaskLinear(BitmaskTensor.from_dense(S), path="csr")

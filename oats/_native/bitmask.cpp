@@ -130,9 +130,48 @@ OATS_AVX512 inline __m512 avx512_load16(const void* values, int bf16, int64_t p,
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+// One token (decode): two accumulators over alternate chunks, so consecutive FMAs do not wait on each other.
+OATS_AVX512 float row_avx512_one(const void* values, int bf16, const uint8_t* mask, int64_t p, int64_t end,
+                                 int64_t d_in, const float* x) {
+  const int64_t full = d_in / 16, rem = d_in % 16;
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 1 < full; c += 2) {
+    uint16_t m0, m1;
+    std::memcpy(&m0, mask + 2 * c, 2);
+    std::memcpy(&m1, mask + 2 * c + 2, 2);
+    const __m512 w0 = _mm512_maskz_expand_ps(m0, avx512_load16(values, bf16, p, end));
+    p += __builtin_popcount(m0);
+    const __m512 w1 = _mm512_maskz_expand_ps(m1, avx512_load16(values, bf16, p, end));
+    p += __builtin_popcount(m1);
+    a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + 16 * c), a0);
+    a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16 * c + 16), a1);
+  }
+  if (c < full) {
+    uint16_t m;
+    std::memcpy(&m, mask + 2 * c, 2);
+    a0 = _mm512_fmadd_ps(_mm512_maskz_expand_ps(m, avx512_load16(values, bf16, p, end)),
+                         _mm512_loadu_ps(x + 16 * c), a0);
+    p += __builtin_popcount(m);
+  }
+  if (rem) {
+    uint16_t m = mask[2 * full];
+    if (rem > 8) m |= static_cast<uint16_t>(mask[2 * full + 1]) << 8;
+    const __mmask16 lanes = static_cast<__mmask16>((1u << rem) - 1);
+    a1 = _mm512_fmadd_ps(_mm512_maskz_expand_ps(m & lanes, avx512_load16(values, bf16, p, end)),
+                         _mm512_maskz_loadu_ps(lanes, x + 16 * full), a1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
 OATS_AVX512 void row_avx512(const void* values, int bf16, const uint8_t* mask, int64_t off, int64_t end,
                             int64_t d_in, const float* x, int64_t n, float* y, int64_t d_out, int64_t i,
                             int accumulate) {
+  if (n == 1) {
+    const float s = row_avx512_one(values, bf16, mask, off, end, d_in, x);
+    y[i] = accumulate ? y[i] + s : s;
+    return;
+  }
   const int64_t full = d_in / 16, rem = d_in % 16;
   for (int64_t t0 = 0; t0 < n; t0 += kTokens) {
     const int nt = static_cast<int>(n - t0 < kTokens ? n - t0 : kTokens);
@@ -194,6 +233,41 @@ __attribute__((target("avx2,fma"))) void expand_row_avx2(const void* values, int
   for (int64_t j = full * 8; j < d_in; ++j) o[j] = (mask[j >> 3] >> (j & 7) & 1) ? value_at(values, bf16, p++) : 0.0f;
 }
 
+// Prefill: rows of yt (d_out x n) = S xt for xt (d_in x n), token chunks of 16 * NV. Each nonzero
+// (found by walking the set bits of the row's mask) broadcasts its value into NV FMAs with row j of xt:
+// work is proportional to the nonzeros, not to d_in, and a chunk of xt stays in L2 across rows.
+template <int NV>
+OATS_AVX512 void spmm_rows_avx512(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets,
+                                  int64_t stride, int64_t r0, int64_t r1, int64_t d_in, const float* xt, int64_t n,
+                                  int64_t t0, int64_t nt, float* yt, int accumulate) {
+  __mmask16 last = static_cast<__mmask16>(nt - 16 * (NV - 1) >= 16 ? 0xFFFF : (1u << (nt - 16 * (NV - 1))) - 1);
+  for (int64_t i = r0; i < r1; ++i) {
+    __m512 acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = _mm512_setzero_ps();
+    const uint8_t* mrow = bitmask + i * stride;
+    int64_t p = row_offsets[i];
+    for (int64_t byte0 = 0; byte0 < stride; byte0 += 8) {
+      uint64_t m = 0;
+      std::memcpy(&m, mrow + byte0, stride - byte0 >= 8 ? 8 : static_cast<size_t>(stride - byte0));
+      while (m) {
+        const int64_t j = byte0 * 8 + __builtin_ctzll(m);
+        m &= m - 1;
+        const __m512 w = _mm512_set1_ps(value_at(values, bf16, p++));
+        const float* xr = xt + j * n + t0;
+        for (int v = 0; v < NV - 1; ++v) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xr + 16 * v), acc[v]);
+        acc[NV - 1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(last, xr + 16 * (NV - 1)), acc[NV - 1]);
+      }
+    }
+    float* out = yt + i * n + t0;
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 k = v == NV - 1 ? last : static_cast<__mmask16>(0xFFFF);
+      __m512 r = acc[v];
+      if (accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, out + 16 * v));
+      _mm512_mask_storeu_ps(out + 16 * v, k, r);
+    }
+  }
+}
+
 int best_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
@@ -228,6 +302,33 @@ int oats_bitmask_matmul(const void* values, int bf16, const uint8_t* bitmask, co
     }
   }
   return isa;
+}
+
+// yt (d_out x n) = S xt (or += with accumulate) for xt (d_in x n) row-major: the prefill product, one
+// token chunk of up to 64 at a time. AVX-512 only: returns 3, or 0 (nothing computed) on other CPUs.
+int oats_bitmask_spmm(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets, int64_t d_out,
+                      int64_t d_in, const float* xt, int64_t n, float* yt, int accumulate, int nthreads) {
+  if (best_isa() < 3) return 0;
+  const int64_t stride = (d_in + 7) / 8;
+  for (int64_t t0 = 0; t0 < n; t0 += 64) {
+    const int64_t nt = n - t0 < 64 ? n - t0 : 64;
+    const int nv = static_cast<int>((nt + 15) / 16);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t b = 0; b < (d_out + 15) / 16; ++b) {  // 16 rows per task
+      const int64_t r0 = 16 * b, r1 = r0 + 16 < d_out ? r0 + 16 : d_out;
+      switch (nv) {
+        case 1: spmm_rows_avx512<1>(values, bf16, bitmask, row_offsets, stride, r0, r1, d_in, xt, n, t0, nt, yt,
+                                    accumulate); break;
+        case 2: spmm_rows_avx512<2>(values, bf16, bitmask, row_offsets, stride, r0, r1, d_in, xt, n, t0, nt, yt,
+                                    accumulate); break;
+        case 3: spmm_rows_avx512<3>(values, bf16, bitmask, row_offsets, stride, r0, r1, d_in, xt, n, t0, nt, yt,
+                                    accumulate); break;
+        default: spmm_rows_avx512<4>(values, bf16, bitmask, row_offsets, stride, r0, r1, d_in, xt, n, t0, nt, yt,
+                                     accumulate); break;
+      }
+    }
+  }
+  return 3;
 }
 
 int oats_bitmask_to_dense(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets,

@@ -4,11 +4,13 @@ The sparse part runs on the native kernels (:func:`oats.native.bitmask_matmul`, 
 chosen at run time, OpenMP over output rows), the low-rank part through PyTorch's BLAS. Values and
 factors are fp32 or bf16 (fp32 accumulation either way).
 
-Per phase the module picks the faster of two ways to apply S, once per token-count bucket
-(powers of two), by timing both on the layer itself: the **kernel** (reads each weight's bit and
-value once per group of 8 tokens: the decode path) and **tile + GEMM** (expands a tile of rows to
-dense fp32, then a BLAS GEMM over all tokens: compute-bound prefill). No dense copy of the weights
-is kept: a tile is at most ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked.
+Per phase the module picks the fastest way to apply S, once per token-count bucket (powers of two),
+by timing them on the layer itself: the **kernel** (reads each weight's bit and value once per
+group of 8 tokens: the decode path), **spmm** (AVX-512 only: walks each row's nonzeros and
+broadcasts each into FMAs over a chunk of up to 64 tokens, so the work is proportional to the
+nonzeros: compute-bound prefill) and **tile + GEMM** (expands a tile of rows to dense fp32, then a
+BLAS GEMM over all tokens). No dense copy of the weights is kept: a tile is at most
+``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked; one token always takes the kernel.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .. import native
 from ..sparse_format import BitmaskTensor
 
 TILE_BYTES = 2 << 20  # one expanded fp32 tile of rows (2 MiB: stays in this CPU's L2/L3 for the GEMM)
-PATHS = ("kernel", "tile-gemm")
+PATHS = ("kernel", "spmm", "tile-gemm")
 
 
 def _bucket(n: int) -> int:
@@ -80,7 +82,14 @@ class BitmaskLinear(nn.Module):
         return yt.t()
 
     def _sparse(self, x: torch.Tensor, path: str) -> torch.Tensor:
-        return self.S.matmul(x) if path == "kernel" or not native.available() else self._sparse_tiled(x)
+        if path == "kernel" or not native.available():
+            return self.S.matmul(x)
+        if path == "spmm":
+            yt = native.bitmask_spmm(self.S.values, self.S.bitmask, self.S.row_offsets, self.in_features,
+                                     x.t().contiguous())
+            if yt is not None:
+                return yt.t()
+        return self._sparse_tiled(x)
 
     def _choose(self, x: torch.Tensor) -> str:
         if self.path is not None:
@@ -91,7 +100,7 @@ class BitmaskLinear(nn.Module):
         b = _bucket(n)
         if b not in self.choices:
             seconds = {}
-            for path in PATHS:
+            for path in PATHS if native.best_isa() == "avx512" else ("kernel", "tile-gemm"):
                 self._sparse(x, path)  # warm
                 t = time.perf_counter()
                 self._sparse(x, path)
