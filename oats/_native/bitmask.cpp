@@ -81,41 +81,61 @@ __attribute__((target("avx2,fma"))) inline __m256 avx2_load8(const void* values,
   return _mm256_load_ps(buf);
 }
 
-__attribute__((target("avx2,fma"))) void row_avx2(const void* values, int bf16, const uint8_t* mask, int64_t off,
-                                                   int64_t end, int64_t d_in, const float* x, int64_t n, float* y,
-                                                   int64_t d_out, int64_t i, int accumulate) {
+// The weights of 8 columns (mask byte m) with the packed values at p expanded into their lanes.
+__attribute__((target("avx2,fma"))) inline __m256 avx2_weights(const void* values, int bf16, unsigned m, int64_t p,
+                                                                int64_t end) {
+  const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.perm[m]));
+  const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.lanes[m])));
+  return _mm256_and_ps(_mm256_permutevar8x32_ps(avx2_load8(values, bf16, p, end), idx), on);
+}
+
+__attribute__((target("avx2,fma"))) inline float avx2_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// NT tokens (a compile-time count, so the accumulators stay in registers); one token uses two
+// accumulators over alternate chunks so that consecutive FMAs do not wait on each other.
+template <int NT>
+__attribute__((target("avx2,fma"))) void rows_avx2(const void* values, int bf16, const uint8_t* mask, int64_t p,
+                                                    int64_t end, int64_t d_in, const float* x, float* out,
+                                                    int64_t out_stride, int accumulate) {
+  constexpr int NA = NT == 1 ? 2 : NT;
   const int64_t full = d_in / 8, rem = d_in % 8;
-  for (int64_t t0 = 0; t0 < n; t0 += kTokens) {
-    const int nt = static_cast<int>(n - t0 < kTokens ? n - t0 : kTokens);
-    __m256 acc[kTokens];
-    for (int t = 0; t < kTokens; ++t) acc[t] = _mm256_setzero_ps();
-    int64_t p = off;
-    const float* xg = x + t0 * d_in;
-    for (int64_t c = 0; c < full; ++c) {
-      const unsigned m = mask[c];
-      if (!m) continue;
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.perm[m]));
-      const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.lanes[m])));
-      const __m256 w = _mm256_and_ps(_mm256_permutevar8x32_ps(avx2_load8(values, bf16, p, end), idx), on);
-      p += __builtin_popcount(m);
-      for (int t = 0; t < nt; ++t) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg + t * d_in + c * 8), acc[t]);
+  __m256 acc[NA];
+  for (int t = 0; t < NA; ++t) acc[t] = _mm256_setzero_ps();
+  int64_t c = 0;
+  if (NT == 1) {  // two chunks per step, one accumulator each
+    for (; c + 1 < full; c += 2) {
+      const unsigned m0 = mask[c], m1 = mask[c + 1];
+      const __m256 w0 = avx2_weights(values, bf16, m0, p, end);
+      p += __builtin_popcount(m0);
+      const __m256 w1 = avx2_weights(values, bf16, m1, p, end);
+      p += __builtin_popcount(m1);
+      acc[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + c * 8), acc[0]);
+      acc[NA - 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + c * 8 + 8), acc[NA - 1]);
     }
-    if (rem) {
-      const unsigned m = mask[full] & ((1u << rem) - 1);
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.perm[m]));
-      const __m256i on_i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.lanes[m]));
-      const __m256 w = _mm256_and_ps(_mm256_permutevar8x32_ps(avx2_load8(values, bf16, p, end), idx),
-                                     _mm256_castsi256_ps(on_i));
-      for (int t = 0; t < nt; ++t)  // masked load: only the lanes inside the row are read
-        acc[t] = _mm256_fmadd_ps(w, _mm256_maskload_ps(xg + t * d_in + full * 8, on_i), acc[t]);
-    }
-    for (int t = 0; t < nt; ++t) {
-      __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-      s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-      s = _mm_add_ss(s, _mm_movehdup_ps(s));
-      float* out = y + (t0 + t) * d_out + i;
-      *out = accumulate ? *out + _mm_cvtss_f32(s) : _mm_cvtss_f32(s);
-    }
+  }
+  for (; c < full; ++c) {
+    const unsigned m = mask[c];
+    const __m256 w = avx2_weights(values, bf16, m, p, end);
+    p += __builtin_popcount(m);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * d_in + c * 8), acc[t]);
+  }
+  if (rem) {
+    const unsigned m = mask[full] & ((1u << rem) - 1);
+    const __m256i on = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.lanes[m]));
+    const __m256 w = avx2_weights(values, bf16, m, p, end);
+    for (int t = 0; t < NT; ++t)  // masked load: only the lanes inside the row are read
+      acc[t] = _mm256_fmadd_ps(w, _mm256_maskload_ps(x + t * d_in + full * 8, on), acc[t]);
+  }
+  if (NT == 1) acc[0] = _mm256_add_ps(acc[0], acc[NA - 1]);
+  for (int t = 0; t < NT; ++t) {
+    float* o = out + t * out_stride;
+    const float v = avx2_sum(acc[t]);
+    *o = accumulate ? *o + v : v;
   }
 }
 
@@ -130,78 +150,88 @@ OATS_AVX512 inline __m512 avx512_load16(const void* values, int bf16, int64_t p,
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// One token (decode): two accumulators over alternate chunks, so consecutive FMAs do not wait on each other.
-OATS_AVX512 float row_avx512_one(const void* values, int bf16, const uint8_t* mask, int64_t p, int64_t end,
-                                 int64_t d_in, const float* x) {
+// NT tokens (compile-time: the accumulators stay in registers); one token uses two accumulators
+// over alternate chunks so that consecutive FMAs do not wait on each other.
+template <int NT>
+OATS_AVX512 void rows_avx512(const void* values, int bf16, const uint8_t* mask, int64_t p, int64_t end, int64_t d_in,
+                             const float* x, float* out, int64_t out_stride, int accumulate) {
+  constexpr int NA = NT == 1 ? 2 : NT;
   const int64_t full = d_in / 16, rem = d_in % 16;
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  __m512 acc[NA];
+  for (int t = 0; t < NA; ++t) acc[t] = _mm512_setzero_ps();
   int64_t c = 0;
-  for (; c + 1 < full; c += 2) {
-    uint16_t m0, m1;
-    std::memcpy(&m0, mask + 2 * c, 2);
-    std::memcpy(&m1, mask + 2 * c + 2, 2);
-    const __m512 w0 = _mm512_maskz_expand_ps(m0, avx512_load16(values, bf16, p, end));
-    p += __builtin_popcount(m0);
-    const __m512 w1 = _mm512_maskz_expand_ps(m1, avx512_load16(values, bf16, p, end));
-    p += __builtin_popcount(m1);
-    a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + 16 * c), a0);
-    a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16 * c + 16), a1);
+  if (NT == 1) {  // two chunks per step, one accumulator each
+    for (; c + 1 < full; c += 2) {
+      uint16_t m0, m1;
+      std::memcpy(&m0, mask + 2 * c, 2);
+      std::memcpy(&m1, mask + 2 * c + 2, 2);
+      const __m512 w0 = _mm512_maskz_expand_ps(m0, avx512_load16(values, bf16, p, end));
+      p += __builtin_popcount(m0);
+      const __m512 w1 = _mm512_maskz_expand_ps(m1, avx512_load16(values, bf16, p, end));
+      p += __builtin_popcount(m1);
+      acc[0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + 16 * c), acc[0]);
+      acc[NA - 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16 * c + 16), acc[NA - 1]);
+    }
   }
-  if (c < full) {
+  for (; c < full; ++c) {
     uint16_t m;
     std::memcpy(&m, mask + 2 * c, 2);
-    a0 = _mm512_fmadd_ps(_mm512_maskz_expand_ps(m, avx512_load16(values, bf16, p, end)),
-                         _mm512_loadu_ps(x + 16 * c), a0);
+    const __m512 w = _mm512_maskz_expand_ps(m, avx512_load16(values, bf16, p, end));
     p += __builtin_popcount(m);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + t * d_in + 16 * c), acc[t]);
   }
   if (rem) {
     uint16_t m = mask[2 * full];
     if (rem > 8) m |= static_cast<uint16_t>(mask[2 * full + 1]) << 8;
     const __mmask16 lanes = static_cast<__mmask16>((1u << rem) - 1);
-    a1 = _mm512_fmadd_ps(_mm512_maskz_expand_ps(m & lanes, avx512_load16(values, bf16, p, end)),
-                         _mm512_maskz_loadu_ps(lanes, x + 16 * full), a1);
+    const __m512 w = _mm512_maskz_expand_ps(m & lanes, avx512_load16(values, bf16, p, end));
+    for (int t = 0; t < NT; ++t)
+      acc[t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(lanes, x + t * d_in + 16 * full), acc[t]);
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  if (NT == 1) acc[0] = _mm512_add_ps(acc[0], acc[NA - 1]);
+  for (int t = 0; t < NT; ++t) {
+    float* o = out + t * out_stride;
+    const float v = _mm512_reduce_add_ps(acc[t]);
+    *o = accumulate ? *o + v : v;
+  }
 }
 
-OATS_AVX512 void row_avx512(const void* values, int bf16, const uint8_t* mask, int64_t off, int64_t end,
-                            int64_t d_in, const float* x, int64_t n, float* y, int64_t d_out, int64_t i,
-                            int accumulate) {
-  if (n == 1) {
-    const float s = row_avx512_one(values, bf16, mask, off, end, d_in, x);
-    y[i] = accumulate ? y[i] + s : s;
-    return;
-  }
-  const int64_t full = d_in / 16, rem = d_in % 16;
+// Row i of S against every token, in register groups of up to kTokens.
+template <template <int> class Rows>
+void row_all_tokens(const void* values, int bf16, const uint8_t* mask, int64_t off, int64_t end, int64_t d_in,
+                    const float* x, int64_t n, float* y, int64_t d_out, int64_t i, int accumulate) {
   for (int64_t t0 = 0; t0 < n; t0 += kTokens) {
-    const int nt = static_cast<int>(n - t0 < kTokens ? n - t0 : kTokens);
-    __m512 acc[kTokens];
-    for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_setzero_ps();
-    int64_t p = off;
+    const int64_t nt = n - t0 < kTokens ? n - t0 : kTokens;
     const float* xg = x + t0 * d_in;
-    for (int64_t c = 0; c < full; ++c) {
-      uint16_t m;
-      std::memcpy(&m, mask + 2 * c, 2);
-      const __m512 w = _mm512_maskz_expand_ps(m, avx512_load16(values, bf16, p, end));
-      p += __builtin_popcount(m);
-      for (int t = 0; t < nt; ++t) acc[t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xg + t * d_in + c * 16), acc[t]);
-    }
-    if (rem) {
-      uint16_t m = mask[2 * full];
-      if (rem > 8) m |= static_cast<uint16_t>(mask[2 * full + 1]) << 8;
-      const __mmask16 lanes = static_cast<__mmask16>((1u << rem) - 1);
-      m &= lanes;
-      const __m512 w = _mm512_maskz_expand_ps(m, avx512_load16(values, bf16, p, end));
-      for (int t = 0; t < nt; ++t)
-        acc[t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(lanes, xg + t * d_in + full * 16), acc[t]);
-    }
-    for (int t = 0; t < nt; ++t) {
-      float* out = y + (t0 + t) * d_out + i;
-      const float s = _mm512_reduce_add_ps(acc[t]);
-      *out = accumulate ? *out + s : s;
+    float* out = y + t0 * d_out + i;
+    switch (nt) {
+      case 1: Rows<1>::run(values, bf16, mask, off, end, d_in, xg, out, d_out, accumulate); break;
+      case 2: Rows<2>::run(values, bf16, mask, off, end, d_in, xg, out, d_out, accumulate); break;
+      case 3: Rows<3>::run(values, bf16, mask, off, end, d_in, xg, out, d_out, accumulate); break;
+      case 4: Rows<4>::run(values, bf16, mask, off, end, d_in, xg, out, d_out, accumulate); break;
+      case 5: Rows<5>::run(values, bf16, mask, off, end, d_in, xg, out, d_out, accumulate); break;
+      case 6: Rows<6>::run(values, bf16, mask, off, end, d_in, xg, out, d_out, accumulate); break;
+      case 7: Rows<7>::run(values, bf16, mask, off, end, d_in, xg, out, d_out, accumulate); break;
+      default: Rows<8>::run(values, bf16, mask, off, end, d_in, xg, out, d_out, accumulate); break;
     }
   }
 }
+
+template <int NT>
+struct Avx512Rows {
+  static void run(const void* values, int bf16, const uint8_t* mask, int64_t p, int64_t end, int64_t d_in,
+                  const float* x, float* out, int64_t out_stride, int accumulate) {
+    rows_avx512<NT>(values, bf16, mask, p, end, d_in, x, out, out_stride, accumulate);
+  }
+};
+
+template <int NT>
+struct Avx2Rows {
+  static void run(const void* values, int bf16, const uint8_t* mask, int64_t p, int64_t end, int64_t d_in,
+                  const float* x, float* out, int64_t out_stride, int accumulate) {
+    rows_avx2<NT>(values, bf16, mask, p, end, d_in, x, out, out_stride, accumulate);
+  }
+};
 
 OATS_AVX512 void expand_row_avx512(const void* values, int bf16, const uint8_t* mask, int64_t p, int64_t end,
                                    int64_t d_in, float* o) {
@@ -294,9 +324,9 @@ int oats_bitmask_matmul(const void* values, int bf16, const uint8_t* bitmask, co
     const uint8_t* mrow = bitmask + i * stride;
     const int64_t off = row_offsets[i];
     if (isa == 3) {
-      row_avx512(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
+      row_all_tokens<Avx512Rows>(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
     } else if (isa == 2) {
-      row_avx2(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
+      row_all_tokens<Avx2Rows>(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
     } else {
       row_scalar(values, bf16, mrow, off, d_in, x, n, y, d_out, i, accumulate);
     }
