@@ -11,7 +11,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .io import atomic_save_tensors
-from .sparse_format import STORAGE_DTYPES, BitmaskTensor
+from .sparse_format import STORAGE_DTYPES, SUFFIXES, BitmaskTensor
 
 
 def _owned(t: torch.Tensor) -> nn.Parameter:
@@ -214,22 +214,35 @@ def _sparse_part(tensors, key: str) -> torch.Tensor:
     return b.to_dense(b.values.dtype)
 
 
-def _build_linear(tensors, key: str) -> CompressedLinear:
-    return CompressedLinear(_sparse_part(tensors, f"{key}.sparse"), tensors.get(f"{key}.U"), tensors.get(f"{key}.V"),
-                            tensors.get(f"{key}.bias"))
+LINEAR_KEYS = ("sparse", *(f"sparse.{s}" for s in SUFFIXES), "U", "V", "bias")  # a CompressedLinear's stored tensors
 
 
-def apply_compressed_state(root: nn.Module, tensors, structure: dict[str, list[str]]) -> None:
-    """Swap the modules named in ``structure`` (paths relative to ``root``) for compressed ones."""
+def _build_linear(tensors, key: str, device: torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> CompressedLinear:
+    """The CompressedLinear ``key`` of ``tensors`` (dense or bitmask-format sparse part), floating
+    tensors moved to ``device`` in ``dtype`` (default: as stored)."""
+    def conv(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device=device, dtype=dtype or t.dtype)
+
+    return CompressedLinear(conv(_sparse_part(tensors, f"{key}.sparse")), conv(tensors.get(f"{key}.U")),
+                            conv(tensors.get(f"{key}.V")), conv(tensors.get(f"{key}.bias")))
+
+
+def apply_compressed_state(root: nn.Module, read, structure: dict[str, list[str]], device: torch.device | None = None,
+                           dtype: torch.dtype | None = None) -> None:
+    """Swap the modules named in ``structure`` (paths relative to ``root``) for compressed ones, one at a
+    time: ``read(key)`` gives the tensors of linear ``key`` (a mapping holding its ``LINEAR_KEYS``), so
+    only one layer's stored and expanded tensors are in memory beside the model."""
     for name, parts in structure.items():
         try:
             root.get_submodule(name)
         except AttributeError:
             raise KeyError(f"compressed module {name!r} does not exist in this model") from None
         if parts:
-            new: nn.Module = SplitLinear({p: _build_linear(tensors, f"{name}.{p}") for p in parts})
+            new: nn.Module = SplitLinear({p: _build_linear(read(f"{name}.{p}"), f"{name}.{p}", device, dtype)
+                                          for p in parts})
         else:
-            new = _build_linear(tensors, name)
+            new = _build_linear(read(name), name, device, dtype)
         set_submodule(root, name, new)
 
 
@@ -255,19 +268,22 @@ def load_compressed(model: nn.Module, path: str | Path, device: torch.device | N
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no compressed checkpoint at {path}")
+    dtype = dtype or next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if "oats_structure" not in meta:
             raise ValueError(f"{path} is not a compressed-model file (no oats_structure metadata)")
         structure = json.loads(meta["oats_structure"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    dtype = dtype or next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    dense = {}
-    for name, parts in structure.items():  # bitmask-format parts expanded first (integer arrays keep their type)
-        for key in [f"{name}.{p}" for p in parts] or [name]:
-            dense[f"{key}.sparse"] = _sparse_part(tensors, f"{key}.sparse")
-            dense.update({k: tensors[k] for k in (f"{key}.U", f"{key}.V", f"{key}.bias") if k in tensors})
-    tensors = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in dense.items()}
-    apply_compressed_state(model, tensors, structure)
+        stored = set(f.keys())
+        lacking = [k for name, parts in structure.items() for k in ([f"{name}.{p}" for p in parts] or [name])
+                   if f"{k}.sparse" not in stored and f"{k}.sparse.bitmask" not in stored]
+        if lacking:  # checked before any layer is swapped
+            raise ValueError(f"{path} lacks the sparse part of {', '.join(lacking[:3])}"
+                             f"{' ...' if len(lacking) > 3 else ''}: the file is incomplete")
+
+        def read(key: str) -> dict[str, torch.Tensor]:
+            return {k: f.get_tensor(k) for k in (f"{key}.{s}" for s in LINEAR_KEYS) if k in stored}
+
+        apply_compressed_state(model, read, structure, device, dtype)
     return model

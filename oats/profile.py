@@ -72,6 +72,14 @@ class Profile:
         row["calls"] += 1
         self._fold([name, *self._open], rss_mib()[1])
 
+    @property
+    def peak_mib(self) -> float:
+        """The process's peak RSS (MiB) since the profile began. Each phase resets the kernel's
+        high-water mark (VmHWM, which also feeds ``ru_maxrss``: read after a profile, that is only the
+        peak since the last phase began), so the peak is the largest of the phases' peaks and the
+        current mark."""
+        return max([r["peak_mib"] for r in self.rows.values()] + [rss_mib()[1]])
+
     def table(self) -> str:
         lines = [f"{'phase':<14} {'calls':>6} {'seconds':>9} {'peak RSS MiB':>13}"]
         lines += [f"{name:<14} {int(r['calls']):>6} {r['seconds']:>9.2f} {r['peak_mib']:>13.0f}"

@@ -121,7 +121,7 @@ def run(folder: Path, method: str, compression: float, iterations: int, nsamples
             nll = blockwise_window_nll(model, ids, progress=True)
     seconds = time.perf_counter() - t0
     size = folder_bytes(folder)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, prof.peak_mib * 2**20)
     ppl = float(torch.exp(nll.sum() / (windows * (seqlen - 1))))
     print(prof.table())
     return {"cpu": cpu_model(), "method": method, "iterations": iterations if method == "oats" else None,

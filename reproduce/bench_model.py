@@ -5,7 +5,8 @@
                                                             # growth with calibration size and model size (PNG)
     python reproduce/bench_model.py time                    # OATS at 80 iterations, seconds per phase
 
-Each measurement runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its own. ``memory``
+Each measurement runs in a fresh subprocess, so its peak RSS is its own (the largest of the
+per-phase peaks: the profile resets the kernel's high-water mark at each phase). ``memory``
 prints, for Wanda and OATS on SmolLM2-135M loaded each way (``load=eager|lazy|stream``), the
 seconds and the peak RSS of each phase (:mod:`oats.profile`: load, capture, statistics,
 compress, propagate, checkpoint, evaluate); then peak RSS and seconds for nsamples 8..128
@@ -73,7 +74,7 @@ def child(spec: dict) -> None:
                                       generator=torch.Generator().manual_seed(42))
             else:
                 model, tok = load_model("smollm2-135m", load=load)
-        loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        loaded = prof.peak_mib * 1024  # KiB, as ru_maxrss
         if not spec.get("synthetic"):
             calib = get_calibration(tok, source="wiki_vital_en", nsamples=spec["nsamples"], seqlen=spec["seqlen"],
                                     style="concat", seed=42)
@@ -87,7 +88,7 @@ def child(spec: dict) -> None:
 
             with phase("evaluate"):
                 blockwise_window_nll(model, calib[:4])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, prof.peak_mib * 1024)  # KiB
     print(json.dumps({"seconds": seconds, "peak_rss_mib": peak / 1024, "rss_after_load_mib": loaded / 1024,
                       "compression": report.totals()["compression"], "phases": prof.rows}))
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from oats.budget import layer_budget
-from oats.speed.engines import ENGINE_FORMAT, CPULinear, engine_dtype, engines_here
+from oats.speed.engines import CPULinear, engine_dtype, engine_format, engines_here
 from oats.speed.env import available_engines, provenance
 from oats.speed.export import ExportedLinear, rowwise_csr
 from oats.speed.timing import Runner, measure
@@ -183,12 +183,13 @@ def block_runners(variants: Mapping[str, list[dict[str, ExportedLinear]]], prefi
 
     for variant, blocks in variants.items():
         specs = [s for b in blocks for s in b.values()]
-        nbytes, params = sum(s.weight_bytes() for s in specs), sum(s.params for s in specs)
+        params = sum(s.params for s in specs)
+        dense_storage = sum(s.weight_bytes("dense") for s in specs)  # ONNX graphs hold S densely (zeros kept)
         if "inprocess" in engines:
             for engine in engines_here(dense=variant == "dense", bf16=bf16):
                 fns = [{k: layer_fn(s, engine) for k, s in b.items()} for b in blocks]
                 call = (lambda x, fns=fns: block_forward(x, fns))
-                fmt, value_bytes = ENGINE_FORMAT[engine]
+                fmt, value_bytes = engine_format(engine, variant == "dense")
                 runners.append(Runner(variant, f"inprocess-{engine}", sum(s.weight_bytes(fmt, value_bytes) for s in specs),
                                       params, timed(call, "prefill"), timed(call, "decode"), engine_dtype(engine), fmt))
         for engine in ("onnxruntime", "deepsparse"):
@@ -209,8 +210,8 @@ def block_runners(variants: Mapping[str, list[dict[str, ExportedLinear]]], prefi
                     notes.append(f"deepsparse: failed to compile ({type(e).__name__}: {e})")
                     continue
                 calls = {n: (lambda x, e=e: e.run([x[None]])) for n, e in eng.items()}
-            runners.append(Runner(variant, engine, nbytes, params,
-                                  timed(calls[prefill_tokens], "prefill"), timed(calls[1], "decode")))
+            runners.append(Runner(variant, engine, dense_storage, params,
+                                  timed(calls[prefill_tokens], "prefill"), timed(calls[1], "decode"), fmt="dense"))
     return runners, notes
 
 

@@ -37,3 +37,17 @@ def test_peak_of_a_phase_sees_its_allocation_and_outer_phase_too():
     now, _ = rss_mib()
     assert now < rows["big"]["peak_mib"]
     assert "big" in prof.table() and a.sum() > 0
+
+
+@linux
+def test_whole_profile_peak_outlives_the_per_phase_resets():
+    """The kernel's high-water mark (and so ru_maxrss) is reset at each phase; peak_mib still sees the
+    largest phase's peak after a later, smaller phase."""
+    with Profile() as prof:
+        with phase("big"):
+            b = np.ones(64 << 20)  # 512 MiB
+            b[::512] = 2.0
+            del b
+        with phase("small"):
+            pass
+    assert prof.peak_mib >= prof.rows["big"]["peak_mib"] > rss_mib()[1] + 400

@@ -196,6 +196,44 @@ OATS_AVX512 void rows_avx512(const void* values, int bf16, const uint8_t* mask, 
   }
 }
 
+// One token, R rows at once (decode): each x chunk is loaded once for R rows, and R independent value
+// streams and accumulators keep the core busy while the next values arrive from memory.
+template <int R>
+OATS_AVX512 void rows_one_token_avx512(const void* values, int bf16, const uint8_t* mask, int64_t stride,
+                                       const int64_t* offsets, int64_t end, int64_t d_in, const float* x, float* y,
+                                       int accumulate) {
+  const int64_t full = d_in / 16, rem = d_in % 16;
+  __m512 acc[R];
+  int64_t p[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm512_setzero_ps();
+    p[r] = offsets[r];
+  }
+  for (int64_t c = 0; c < full; ++c) {
+    const __m512 xv = _mm512_loadu_ps(x + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      uint16_t m;
+      std::memcpy(&m, mask + r * stride + 2 * c, 2);
+      acc[r] = _mm512_fmadd_ps(_mm512_maskz_expand_ps(m, avx512_load16(values, bf16, p[r], end)), xv, acc[r]);
+      p[r] += __builtin_popcount(m);
+    }
+  }
+  if (rem) {
+    const __mmask16 lanes = static_cast<__mmask16>((1u << rem) - 1);
+    const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + 16 * full);
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* mr = mask + r * stride;
+      uint16_t m = mr[2 * full];
+      if (rem > 8) m |= static_cast<uint16_t>(mr[2 * full + 1]) << 8;
+      acc[r] = _mm512_fmadd_ps(_mm512_maskz_expand_ps(m & lanes, avx512_load16(values, bf16, p[r], end)), xv, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float v = _mm512_reduce_add_ps(acc[r]);
+    y[r] = accumulate ? y[r] + v : v;
+  }
+}
+
 // Row i of S against every token, in register groups of up to kTokens.
 template <template <int> class Rows>
 void row_all_tokens(const void* values, int bf16, const uint8_t* mask, int64_t off, int64_t end, int64_t d_in,
@@ -319,6 +357,22 @@ int oats_bitmask_matmul(const void* values, int bf16, const uint8_t* bitmask, co
   const int best = best_isa();
   if (isa <= 0 || isa > best) isa = best;
   const int64_t stride = (d_in + 7) / 8;
+  if (n == 1 && isa == 3) {  // decode: blocks of 4 rows
+    constexpr int R = 4;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t b = 0; b < (d_out + R - 1) / R; ++b) {
+      const int64_t i = b * R;
+      if (i + R <= d_out) {
+        rows_one_token_avx512<R>(values, bf16, bitmask + i * stride, stride, row_offsets + i, nnz, d_in, x, y + i,
+                                 accumulate);
+      } else {
+        for (int64_t k = i; k < d_out; ++k)
+          rows_one_token_avx512<1>(values, bf16, bitmask + k * stride, stride, row_offsets + k, nnz, d_in, x, y + k,
+                                   accumulate);
+      }
+    }
+    return isa;
+  }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t i = 0; i < d_out; ++i) {
     const uint8_t* mrow = bitmask + i * stride;

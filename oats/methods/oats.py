@@ -138,19 +138,27 @@ def oats_decompose(
         if svd_r.rank != r:
             raise ValueError(f"TruncatedSVD rank {svd_r.rank} differs from the budget's rank {r}")
         threshold = Threshold(budget)
-        S = torch.zeros_like(Wd)
-        A, R = torch.empty_like(Wd), torch.empty_like(Wd)  # reused: no large allocation per iteration
-        for _ in range(iterations):
+        # Three (d_out, d_in) fp32 buffers and a mask for the whole loop: W D, one buffer that holds
+        # A = W D - S for the SVD and then R = W D - L (A is not needed once L is known), and S.
+        A = Wd.clone()  # S = 0 before the first iteration
+        for it in range(iterations):
             with phase("oats svd"):
-                U, s, Vh = svd_r(torch.sub(Wd, S, out=A))
-                torch.addmm(Wd, U * s, Vh, alpha=-1, out=R)  # W D - L
+                if it:
+                    torch.sub(Wd, S, out=A)
+                U, s, Vh = svd_r(A)
+                R = torch.addmm(Wd, U * s, Vh, alpha=-1, out=A)  # W D - L, in A's buffer
             with phase("oats threshold"):
                 S, mask = threshold(R)
             if track_objective:
                 objective.append(float(torch.linalg.norm(R - S)))
+        del A, R, S, Wd, threshold  # the loop's buffers go before the result is formed
     U_out = U * s  # (d_out, r)
     V_out = Vh / scale  # (r, d_in): unscale columns
-    sparse = (W32 - U_out @ V_out) * mask if r else W32 * mask
+    if r:  # (W - U V) on the mask, in one allocation
+        sparse = U_out @ V_out
+        sparse = torch.sub(W32, sparse, out=sparse).mul_(mask)
+    else:
+        sparse = W32 * mask
     return Decomposition(sparse, U_out, V_out, objective)
 
 

@@ -25,9 +25,16 @@ from .export import ExportedLinear, export_modules
 
 DENSE_ENGINES = ("torch", "numpy", "mkl", "torch-bf16")      # dense layers
 SPARSE_ENGINES = ("native", "native-bf16", "mkl", "scipy")   # sparse part (+ dense low-rank factors)
-# the weight format each engine reads: (format, bytes per value), for the bandwidth-ideal speedups
+# the weight format each engine reads: (format, bytes per value), for the bandwidth-ideal speedups (a dense
+# variant reads dense weights on every engine: see engine_format)
 ENGINE_FORMAT = {"native": ("bitmask", 4), "native-bf16": ("bitmask", 2), "mkl": ("csr", 4), "scipy": ("csr", 4),
                  "torch": ("dense", 4), "numpy": ("dense", 4), "torch-bf16": ("dense", 2)}
+
+
+def engine_format(engine: str, dense: bool) -> tuple[str, int]:
+    """(format, bytes per value) that ``engine`` reads for a dense or a compressed variant."""
+    fmt, value_bytes = ENGINE_FORMAT[engine]
+    return ("dense", value_bytes) if dense else (fmt, value_bytes)
 
 
 def engine_dtype(engine: str) -> str:
@@ -129,7 +136,7 @@ class CPULinear(nn.Module):
 
     def weight_bytes(self) -> int:
         """Bytes of weights this engine reads per forward (its format, :data:`ENGINE_FORMAT`)."""
-        return self.spec.weight_bytes(*ENGINE_FORMAT[self.engine])
+        return self.spec.weight_bytes(*engine_format(self.engine, self.spec.kind == "dense"))
 
     def extra_repr(self) -> str:
         nm = f", nm={self.spec.nm}" if self.spec.nm else ""

@@ -63,12 +63,15 @@ class ExportedLinear:
         """Bytes of weights read per forward in format ``fmt`` with ``value_bytes`` per value (4 fp32,
         2 bf16): ``dense`` every weight; ``csr`` values + int32 column indices + row pointers;
         ``bitmask`` values + one bit per weight + int64 row offsets (:mod:`oats.sparse_format`).
-        A dense layer is dense in every format. The low-rank factors are dense values."""
+        A dense layer is dense in every format; ``dense`` stores a sparse part with its zeros (as an
+        ONNX initialiser does). The low-rank factors are dense values in every format."""
         if fmt not in ("dense", "csr", "bitmask"):
             raise ValueError(f"weight format {fmt!r} unknown; allowed: dense, csr, bitmask")
-        if self.weight is not None or fmt == "dense":
+        if self.weight is not None:
             return value_bytes * self.d_out * self.d_in
-        if fmt == "csr":
+        if fmt == "dense":
+            sparse = value_bytes * self.d_out * self.d_in
+        elif fmt == "csr":
             sparse = (value_bytes + 4) * self.nnz + 4 * (self.d_out + 1)
         else:
             sparse = value_bytes * self.nnz + self.d_out * ((self.d_in + 7) // 8) + 8 * self.d_out

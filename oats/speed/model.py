@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..budget import layer_budget
-from .engines import ENGINE_FORMAT, build_engine_modules, engine_dtype, engines_here, swap_modules
+from .engines import build_engine_modules, engine_dtype, engine_format, engines_here, swap_modules
 from .env import provenance, set_thread_env
 from .export import (ExportedLinear, export_modules, has_compressed, rowwise_csr, target_modules, weight_bytes,
                      weight_params)
@@ -65,7 +65,7 @@ def model_runners(model: nn.Module, variants: Mapping[str, Mapping], prefill_tok
                         past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
                     return time.perf_counter() - t
 
-            fmt, value_bytes = ENGINE_FORMAT[engine]
+            fmt, value_bytes = engine_format(engine, not has_compressed(exported))
             runners.append(Runner(variant, f"inprocess-{engine}", weight_bytes(exported, fmt, value_bytes),
                                   weight_params(exported), prefill, decode, engine_dtype(engine), fmt))
     return runners
