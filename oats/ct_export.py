@@ -60,6 +60,9 @@ def save_compressed_tensors(model: nn.Module, folder: str | Path, tokenizer=None
     for key, t in model.state_dict().items():
         if key.startswith(inside):
             continue
+        if t.device.type == "meta":
+            raise ValueError(f"tensor {key} is not in memory (a lazily loaded or streamed model): load the model "
+                             "whole (load=eager) to write a compressed-tensors checkpoint")
         if t.data_ptr() in seen:  # tied weights (embeddings / head) are stored once
             continue
         seen.add(t.data_ptr())

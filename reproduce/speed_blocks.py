@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -78,13 +79,30 @@ def block_forward(x: np.ndarray, blocks: list[dict[str, Layer]]) -> np.ndarray:
     return x
 
 
-def layer_fn(spec: ExportedLinear, engine: str) -> Layer:
+def layer_fn(spec: ExportedLinear, engine: str, keep: list | None = None) -> Layer:
     """``spec`` as a numpy function on ``engine`` (bias left out; the synthetic layers have none):
-    ``torch`` through ``F.linear``, the others :attr:`oats.speed.engines.CPULinear.matmul`."""
+    ``torch`` through ``F.linear``, the others :attr:`oats.speed.engines.CPULinear.matmul` (the
+    CPULinear appended to ``keep`` if given)."""
     if engine == "torch":
         w = torch.from_numpy(spec.weight)
         return lambda x: torch.nn.functional.linear(torch.from_numpy(x), w).numpy()
-    return CPULinear(spec, engine).matmul  # torch-bf16 included (its weight converted once)
+    layer = CPULinear(spec, engine)  # torch-bf16 included (its weight converted once)
+    if keep is not None:
+        keep.append(layer)
+    return layer.matmul
+
+
+def picked_paths(layers: dict[str, list[CPULinear]]) -> list[str]:
+    """Which way each native engine's layers applied S per token bucket (:class:`BitmaskLinear` choices)."""
+    notes = []
+    for label, mods in layers.items():
+        counts: dict[int, Counter] = {}
+        for m in mods:
+            for bucket, path in (m._bitmask.choices if m._bitmask is not None else {}).items():
+                counts.setdefault(bucket, Counter())[path] += 1
+        for bucket, c in sorted(counts.items()):
+            notes.append(f"{label}, up to {bucket} tokens: " + ", ".join(f"{p} in {k} layers" for p, k in c.items()))
+    return notes
 
 
 def block_onnx(blocks: list[dict[str, ExportedLinear]], tokens: int, path: Path) -> Path:
@@ -152,12 +170,14 @@ def _deepsparse_engine(path: Path, threads: int):
 
 
 def block_runners(variants: Mapping[str, list[dict[str, ExportedLinear]]], prefill_tokens: int, decode_tokens: int,
-                  engines: list[str], threads: int, workdir: Path, seed: int = 0,
-                  bf16: bool = False) -> tuple[list[Runner], list[str]]:
-    """Runners for synthetic block stacks; returns (runners, notes about engines not run). Inputs:
+                  engines: list[str], threads: int, workdir: Path, seed: int = 0, bf16: bool = False,
+                  native_layers: dict[str, list[CPULinear]] | None = None) -> tuple[list[Runner], list[str]]:
+    """Runners for synthetic block stacks; returns (runners, notes about engines not run); the native
+    engines' layers are collected in ``native_layers`` (by "variant on engine"). Inputs:
     random x (prefill_tokens, hidden) for prefill and (1, hidden) for each decode step."""
     avail = available_engines()
     notes = []
+    native_layers = native_layers if native_layers is not None else {}
     rng = np.random.default_rng(seed + 1)
     hidden = next(iter(variants.values()))[0]["q"].d_in
     xs = {n: rng.standard_normal((n, hidden), dtype=np.float32) for n in (prefill_tokens, 1)}
@@ -187,7 +207,8 @@ def block_runners(variants: Mapping[str, list[dict[str, ExportedLinear]]], prefi
         dense_storage = sum(s.weight_bytes("dense") for s in specs)  # ONNX graphs hold S densely (zeros kept)
         if "inprocess" in engines:
             for engine in engines_here(dense=variant == "dense", bf16=bf16):
-                fns = [{k: layer_fn(s, engine) for k, s in b.items()} for b in blocks]
+                keep = native_layers.setdefault(f"{variant} on {engine}", []) if engine.startswith("native") else None
+                fns = [{k: layer_fn(s, engine, keep) for k, s in b.items()} for b in blocks]
                 call = (lambda x, fns=fns: block_forward(x, fns))
                 fmt, value_bytes = engine_format(engine, variant == "dense")
                 runners.append(Runner(variant, f"inprocess-{engine}", sum(s.weight_bytes(fmt, value_bytes) for s in specs),
@@ -224,9 +245,11 @@ def block_speed(n_blocks: int, compression: float, rank_ratio: float, prefill_to
                 "unstructured": synthetic_blocks(n_blocks, "unstructured", compression, 0.0, seed, **shape),
                 "oats": synthetic_blocks(n_blocks, "oats", compression, rank_ratio, seed, **shape)}
     with tempfile.TemporaryDirectory(prefix="oats_speed_") as tmp:
+        native_layers: dict[str, list[CPULinear]] = {}
         runners, notes = block_runners(variants, prefill_tokens, decode_tokens, engines, threads, Path(tmp), seed,
-                                       bf16)
+                                       bf16, native_layers)
         rows = measure(runners, repeats, prefill_tokens, decode_tokens, progress=progress)
+        notes += picked_paths(native_layers)
     shapes = llama_block_shapes(**shape)
     ranks = {k: (s.rank, s.nnz) for k, s in variants["oats"][0].items()}
     return {"rows": rows, "notes": notes, **provenance(),

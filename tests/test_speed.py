@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -164,6 +165,13 @@ def test_block_speed_reports_every_engine_and_the_fastest_dense():
         assert "deepsparse: not installed" in r["notes"]
     md = format_report(r)
     assert "threads:" in md and "torch" in md and "fastest dense" in md
+    if oats.native.available():  # the native engine says which way it applied S to the 8-token prefill
+        picks = [n for n in r["notes"] if n.startswith("oats on native, up to 8 tokens:")]
+        assert len(picks) == 1
+        assert sum(int(k) for k in re.findall(r"in (\d+) layers", picks[0])) == 7  # the 7 projections
+        bitmask = [x for x in rows if x["engine"] == "inprocess-native"]
+        assert bitmask and all(x["format"] == "bitmask" for x in bitmask)
+        assert all(x["format"] == "dense" for x in rows if x["variant"] == "dense")
 
 
 def test_pipeline_speed_records(oats_llama, tmp_path):

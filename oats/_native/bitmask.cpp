@@ -1,5 +1,5 @@
 // Sparse matrix products on the bitmask format (compressed-tensors' "sparse-bitmask" layout), loaded
-// through ctypes by oats/sparse_format.py and oats/speed/native.py (plain C ABI).
+// through ctypes by oats/native.py (plain C ABI); used by oats/sparse_format.py and oats/speed/bitmask_engine.py.
 //
 // A (d_out x d_in) sparse matrix S is stored as
 //   values      the nonzeros row by row (fp32, or bf16 as uint16), nnz of them;
@@ -13,8 +13,11 @@
 // OpenMP threads; each row's mask word selects the lanes its next popcount values go to (AVX-512:
 // one 16-bit mask word, a load and a masked expand per 16 columns; AVX2: 8 columns, a permutation
 // from a 256-entry table), then one FMA per token of a group of up to 8 tokens, fp32 accumulation.
-// The instruction set is chosen at run time (isa 0 = best available). Returns the ISA used
-// (1 scalar, 2 AVX2, 3 AVX-512).
+// One token on AVX-512 (decode) takes 4 rows per step, sharing each chunk of x. The instruction set
+// is chosen at run time (isa 0 = best available). Returns the ISA used (1 scalar, 2 AVX2, 3 AVX-512).
+//
+// oats_bitmask_spmm: the prefill product (AVX-512): walks each row's set bits, each value broadcast
+// into FMAs over a chunk of up to 64 tokens (work proportional to the nonzeros).
 //
 // oats_bitmask_to_dense: rows [r0, r1) of S as a dense fp32 (r1 - r0) x d_in block, by the same expand
 // (for prefill, where a tile of rows is expanded then multiplied by a dense GEMM). Returns the ISA used.
