@@ -29,7 +29,7 @@ from . import native
 SUFFIXES = ("compressed", "bitmask", "shape", "row_offsets")
 VALUE_DTYPES = (torch.float32, torch.bfloat16)  # the kernels' value types
 STORAGE_DTYPES = VALUE_DTYPES + (torch.float16,)  # what the format stores (fp16 products expand to dense)
-_POPCOUNT = torch.tensor([bin(b).count("1") for b in range(256)], dtype=torch.int64)
+_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
 
 
 @dataclass
@@ -56,7 +56,7 @@ class BitmaskTensor:
         # the kernels trust these arrays: check they agree (a damaged file must not read out of bounds)
         if d_in % 8 and d_out and int((self.bitmask[:, -1] >> (d_in % 8)).max()) != 0:
             raise ValueError(f"bitmask of shape {self.shape} has bits set past column {d_in}")
-        counts = _POPCOUNT[self.bitmask.long()].sum(1)
+        counts = torch.from_numpy(_POPCOUNT[self.bitmask.numpy()].sum(1, dtype=np.int64))
         expected = torch.cumsum(counts, 0) - counts
         if not torch.equal(self.row_offsets, expected) or int(counts.sum()) != self.values.numel():
             raise ValueError(f"bitmask tensor of shape {self.shape}: row_offsets or the number of values "
