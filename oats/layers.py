@@ -14,10 +14,14 @@ from .io import atomic_save_tensors
 from .sparse_format import STORAGE_DTYPES, SUFFIXES, BitmaskTensor
 
 
-def _owned(t: torch.Tensor) -> nn.Parameter:
-    """A frozen, contiguous copy. Contiguous so that the layout (and so the matmul kernel and its
-    last bits) is the same before and after a save/load: SVD factors often come back transposed."""
-    return nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format), requires_grad=False)
+def _owned(t: torch.Tensor, copy: bool = True) -> nn.Parameter:
+    """A frozen, contiguous copy (``copy=False``: ``t`` itself when it is already contiguous, for a
+    tensor nothing else holds). Contiguous so that the layout (and so the matmul kernel and its last
+    bits) is the same before and after a save/load: SVD factors often come back transposed."""
+    t = t.detach()
+    if copy or not t.is_contiguous():
+        t = t.clone(memory_format=torch.contiguous_format)
+    return nn.Parameter(t, requires_grad=False)
 
 
 class CompressedLinear(nn.Module):
@@ -25,7 +29,8 @@ class CompressedLinear(nn.Module):
 
     S: (d_out, d_in) sparse part stored densely (zeros are pruned entries).
     U: (d_out, r), V: (r, d_in) low-rank factors (r may be 0).
-    bias: (d_out,) or None.
+    bias: (d_out,) or None. The module keeps copies; ``copy=False`` keeps the given (contiguous)
+    tensors themselves, for a caller that holds no other reference (the loader: no second copy).
     ``use_sparse`` / ``use_lowrank`` switch a term off (e.g. to isolate it in attention rollout).
     """
 
@@ -35,6 +40,7 @@ class CompressedLinear(nn.Module):
         U: torch.Tensor | None = None,
         V: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
+        copy: bool = True,
     ) -> None:
         super().__init__()
         d_out, d_in = sparse.shape
@@ -44,10 +50,10 @@ class CompressedLinear(nn.Module):
         if U.shape[0] != d_out or V.shape[1] != d_in or U.shape[1] != V.shape[0]:
             raise ValueError(f"factor shapes U{tuple(U.shape)} V{tuple(V.shape)} do not fit S{tuple(sparse.shape)}")
         self.in_features, self.out_features = d_in, d_out
-        self.sparse = _owned(sparse)
-        self.U = _owned(U.to(sparse.dtype))
-        self.V = _owned(V.to(sparse.dtype))
-        self.bias = None if bias is None else _owned(bias)
+        self.sparse = _owned(sparse, copy)
+        self.U = _owned(U.to(sparse.dtype), copy)
+        self.V = _owned(V.to(sparse.dtype), copy)
+        self.bias = None if bias is None else _owned(bias, copy)
         self.use_sparse = True
         self.use_lowrank = True
 
@@ -220,12 +226,14 @@ LINEAR_KEYS = ("sparse", *(f"sparse.{s}" for s in SUFFIXES), "U", "V", "bias")  
 def _build_linear(tensors, key: str, device: torch.device | None = None,
                   dtype: torch.dtype | None = None) -> CompressedLinear:
     """The CompressedLinear ``key`` of ``tensors`` (dense or bitmask-format sparse part), floating
-    tensors moved to ``device`` in ``dtype`` (default: as stored)."""
-    def conv(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(device=device, dtype=dtype or t.dtype)
+    tensors moved to ``device`` in ``dtype`` (default: as stored). Stored tensors are copied once (they
+    may live in the file's mapping); an expanded bitmask part is already the module's own."""
+    def own(t: torch.Tensor | None, fresh: bool = False) -> torch.Tensor | None:
+        return None if t is None else t.to(device=device, dtype=dtype or t.dtype, copy=not fresh)
 
-    return CompressedLinear(conv(_sparse_part(tensors, f"{key}.sparse")), conv(tensors.get(f"{key}.U")),
-                            conv(tensors.get(f"{key}.V")), conv(tensors.get(f"{key}.bias")))
+    expanded = f"{key}.sparse" not in tensors
+    return CompressedLinear(own(_sparse_part(tensors, f"{key}.sparse"), fresh=expanded), own(tensors.get(f"{key}.U")),
+                            own(tensors.get(f"{key}.V")), own(tensors.get(f"{key}.bias")), copy=False)
 
 
 def apply_compressed_state(root: nn.Module, read, structure: dict[str, list[str]], device: torch.device | None = None,
