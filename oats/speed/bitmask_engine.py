@@ -11,15 +11,14 @@ broadcasts each into FMAs over a chunk of up to 64 tokens, so the work is propor
 nonzeros: compute-bound prefill) and **tile + GEMM** (expands a tile of rows to dense fp32, then a
 BLAS GEMM over all tokens). No dense copy of the weights is kept: a tile is at most
 ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked; one token always takes the kernel.
-fp32 dense products (the low-rank factors, the expanded tiles) go through numpy's BLAS (OpenBLAS):
-on the development machine (AMD EPYC) its gemv read memory 1.7x faster and its GEMM ran 1.25x
-faster than PyTorch's (``reproduce/bench_speed.py``, the dense rows); bf16 goes through PyTorch.
+The low-rank part of a decode step (up to ``SMALL_BATCH`` tokens, fp32) goes through numpy's BLAS
+(OpenBLAS), whose gemv read memory 1.7x faster than PyTorch's on the development machine (AMD EPYC:
+``reproduce/bench_speed.py``, dense decode rows).
 """
 from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,6 +27,7 @@ from ..sparse_format import BitmaskTensor
 
 TILE_BYTES = 2 << 20  # one expanded fp32 tile of rows (2 MiB: stays in this CPU's L2/L3 for the GEMM)
 PATHS = ("kernel", "spmm", "tile-gemm")
+SMALL_BATCH = 8  # up to this many tokens (decode), fp32 factors go through numpy (OpenBLAS gemv)
 
 
 def _bucket(n: int) -> int:
@@ -78,12 +78,12 @@ class BitmaskLinear(nn.Module):
         if self._tile is None or self._tile.shape[0] != min(rows, d_out):
             self._tile = torch.empty(min(rows, d_out), d_in)
         yt = torch.empty(d_out, x.shape[0])
-        xt, yt_np = x.numpy().T, yt.numpy()
+        xt = x.t()
         for r0 in range(0, d_out, rows):
             r1 = min(d_out, r0 + rows)
             tile = self._tile[: r1 - r0]
             native.bitmask_to_dense(self.S.values, self.S.bitmask, self.S.row_offsets, d_in, (r0, r1), tile)
-            np.matmul(tile.numpy(), xt, out=yt_np[r0:r1])  # OpenBLAS (see the module doc)
+            torch.mm(tile, xt, out=yt[r0:r1])
         return yt.t()
 
     def _sparse(self, x: torch.Tensor, path: str) -> torch.Tensor:
@@ -118,7 +118,7 @@ class BitmaskLinear(nn.Module):
         x = x.to(torch.float32).contiguous()
         y = self._sparse(x, self._choose(x))
         if self.Vt is not None:
-            if self._np is not None:  # fp32: OpenBLAS (see the module doc)
+            if x.shape[0] <= SMALL_BATCH and self.Vt.dtype == torch.float32:  # OpenBLAS's gemv: faster than torch's
                 low = torch.from_numpy((x.numpy() @ self._np[0]) @ self._np[1])
             else:
                 low = (x.to(self.Vt.dtype) @ self.Vt) @ self.Ut
