@@ -11,9 +11,9 @@ broadcasts each into FMAs over a chunk of up to 64 tokens, so the work is propor
 nonzeros: compute-bound prefill) and **tile + GEMM** (expands a tile of rows to dense fp32, then a
 BLAS GEMM over all tokens). No dense copy of the weights is kept: a tile is at most
 ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked; one token always takes the kernel.
-The low-rank part of a decode step (up to ``SMALL_BATCH`` tokens, fp32) goes through numpy's BLAS
-(OpenBLAS), whose gemv read memory 1.7x faster than PyTorch's on the development machine (AMD EPYC:
-``reproduce/bench_speed.py``, dense decode rows).
+The factors go through PyTorch's BLAS, on the same OpenMP threads as the kernels: handing them to
+numpy's OpenBLAS (whose dense gemv is faster here) made OATS decode 3x slower, its threads fighting
+the OpenMP threads still spinning after each kernel.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from ..sparse_format import BitmaskTensor
 
 TILE_BYTES = 2 << 20  # one expanded fp32 tile of rows (2 MiB: stays in this CPU's L2/L3 for the GEMM)
 PATHS = ("kernel", "spmm", "tile-gemm")
-SMALL_BATCH = 8  # up to this many tokens (decode), fp32 factors go through numpy (OpenBLAS gemv)
 
 
 def _bucket(n: int) -> int:
@@ -51,7 +50,6 @@ class BitmaskLinear(nn.Module):
         dt = S.values.dtype
         self.Vt = None if U is None or U.shape[1] == 0 else V.detach().to(dt).t().contiguous()  # (d_in, r)
         self.Ut = None if self.Vt is None else U.detach().to(dt).t().contiguous()  # (r, d_out)
-        self._np = None if self.Vt is None or dt != torch.float32 else (self.Vt.numpy(), self.Ut.numpy())  # shared
         self.bias = None if bias is None else bias.detach().float()
         self.path = path
         self.choices: dict[int, str] = {}
@@ -118,10 +116,7 @@ class BitmaskLinear(nn.Module):
         x = x.to(torch.float32).contiguous()
         y = self._sparse(x, self._choose(x))
         if self.Vt is not None:
-            if x.shape[0] <= SMALL_BATCH and self.Vt.dtype == torch.float32:  # OpenBLAS's gemv: faster than torch's
-                low = torch.from_numpy((x.numpy() @ self._np[0]) @ self._np[1])
-            else:
-                low = (x.to(self.Vt.dtype) @ self.Vt) @ self.Ut
+            low = (x.to(self.Vt.dtype) @ self.Vt) @ self.Ut
             y = y.add_(low) if y.is_contiguous() else y + low
         return y
 
