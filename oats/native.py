@@ -101,6 +101,13 @@ def best_isa() -> str:
     return next(k for k, v in ISAS.items() if v == code)
 
 
+def _check_values(values: torch.Tensor) -> int:
+    """1 for bf16 values, 0 for fp32; anything else is refused (the kernels read raw memory)."""
+    if values.dtype not in (torch.float32, torch.bfloat16) or values.device.type != "cpu":
+        raise ValueError(f"bitmask kernels take fp32 or bf16 CPU values, got {values.dtype} on {values.device}")
+    return int(values.dtype == torch.bfloat16)
+
+
 def _isa_code(isa: str | None) -> int:
     isa = isa or os.environ.get("OATS_ISA") or None
     if isa is None:
@@ -126,7 +133,7 @@ def bitmask_matmul(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: tor
         if accumulate:
             raise ValueError("accumulate=True needs an out tensor to add to")
         out = torch.empty(n, d_out, dtype=torch.float32)
-    used = lib.oats_bitmask_matmul(values.data_ptr(), int(values.dtype == torch.bfloat16), bitmask.data_ptr(),
+    used = lib.oats_bitmask_matmul(values.data_ptr(), _check_values(values), bitmask.data_ptr(),
                                    row_offsets.data_ptr(), values.numel(), d_out, d_in, x.data_ptr(), n,
                                    out.data_ptr(), int(accumulate), _isa_code(isa), torch.get_num_threads())
     return out, next(k for k, v in ISAS.items() if v == used)
@@ -142,7 +149,7 @@ def bitmask_spmm(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch
         if accumulate:
             raise ValueError("accumulate=True needs an out tensor to add to")
         out = torch.empty(d_out, n, dtype=torch.float32)
-    used = lib.oats_bitmask_spmm(values.data_ptr(), int(values.dtype == torch.bfloat16), bitmask.data_ptr(),
+    used = lib.oats_bitmask_spmm(values.data_ptr(), _check_values(values), bitmask.data_ptr(),
                                  row_offsets.data_ptr(), d_out, d_in, xt.data_ptr(), n, out.data_ptr(),
                                  int(accumulate), torch.get_num_threads())
     return out if used else None
@@ -157,7 +164,7 @@ def bitmask_to_dense(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: t
     r0, r1 = rows or (0, bitmask.shape[0])
     if out is None:
         out = torch.empty(r1 - r0, d_in, dtype=torch.float32)
-    lib.oats_bitmask_to_dense(values.data_ptr(), int(values.dtype == torch.bfloat16), bitmask.data_ptr(),
+    lib.oats_bitmask_to_dense(values.data_ptr(), _check_values(values), bitmask.data_ptr(),
                               row_offsets.data_ptr(), values.numel(), r0, r1, d_in, out.data_ptr(), _isa_code(isa),
                               torch.get_num_threads())
     return out

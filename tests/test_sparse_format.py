@@ -156,3 +156,16 @@ def test_bitmask_linear_paths_agree_with_the_dense_layer(rank, dtype):
     assert set(layer.choices.values()) <= {"kernel", "spmm", "tile-gemm"} and 32 in layer.choices  # 18 tokens
     with pytest.raises(ValueError, match="path 'csr' unknown; allowed: kernel, spmm, tile-gemm"):
         BitmaskLinear(BitmaskTensor.from_dense(S), path="csr")
+
+
+def test_fp16_values_are_stored_but_never_handed_to_the_kernels():
+    S = sparse_matrix(6, 20, 0.5).half()
+    b = BitmaskTensor.from_dense(S)
+    assert b.values.dtype == torch.float16 and torch.equal(b.to_dense(torch.float16), S)
+    x = torch.randn(2, 20)
+    assert torch.allclose(b.matmul(x), x @ S.float().T, rtol=1e-3, atol=1e-3)  # dense fallback
+    with pytest.raises(ValueError, match="fp32 or bf16 values, got torch.float16"):
+        BitmaskLinear(b)
+    if native.available():
+        with pytest.raises(ValueError, match="fp32 or bf16 CPU values"):
+            native.bitmask_matmul(b.values, b.bitmask, b.row_offsets, 20, x)

@@ -37,7 +37,8 @@ class BitmaskLinear(nn.Module):
     """One linear layer on the bitmask engine (see the module doc).
 
     S: the sparse part (its values' dtype sets the factors' dtype). U: (d_out, r), V: (r, d_in) or
-    None. bias: (d_out,) or None. ``path``: force ``kernel`` or ``tile-gemm``; None picks per bucket.
+    None. bias: (d_out,) or None. ``path``: force ``kernel``, ``spmm`` or ``tile-gemm``; None picks per
+    bucket. Values must be fp32 or bf16 (the kernels' types).
     """
 
     def __init__(self, S: BitmaskTensor, U: torch.Tensor | None = None, V: torch.Tensor | None = None,
@@ -45,6 +46,8 @@ class BitmaskLinear(nn.Module):
         super().__init__()
         if path is not None and path not in PATHS:
             raise ValueError(f"path {path!r} unknown; allowed: {', '.join(PATHS)} (or None: the faster per bucket)")
+        if S.values.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"BitmaskLinear takes fp32 or bf16 values, got {S.values.dtype}")
         self.S = S
         self.out_features, self.in_features = S.shape
         dt = S.values.dtype
