@@ -21,6 +21,7 @@ numpy/torch load: one pool (torch and MKL on GNU OpenMP, ``KMP_BLOCKTIME=0``).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
                 skipped = [e for e in args.engines if e != "inprocess"]
                 if skipped:
                     report["notes"].append(f"{', '.join(skipped)}: block level only (not run on whole models)")
+            gc.collect()  # the runners' closures form reference cycles that can hold every engine's weights
             report["command"] = " ".join(["python", "reproduce/bench_speed.py", *(argv or sys.argv[1:])])
             report["wall_s"] = round(time.perf_counter() - t, 1)
             md = format_report(report)
