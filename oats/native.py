@@ -19,6 +19,7 @@ __all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmu
            "bitmask_to_dense"]
 
 ISAS = {"scalar": 1, "avx2": 2, "avx512": 3}  # the bitmask kernels' instruction-set paths
+_ISA_NAMES = {code: name for name, code in ISAS.items()}
 
 
 @lru_cache(maxsize=None)
@@ -98,7 +99,7 @@ def _lib() -> ctypes.CDLL:
 def best_isa() -> str:
     """The bitmask kernels' best instruction-set path on this CPU: ``avx512``, ``avx2`` or ``scalar``."""
     code = _lib().oats_best_isa()
-    return next(k for k, v in ISAS.items() if v == code)
+    return _ISA_NAMES[code]
 
 
 def _check_values(values: torch.Tensor) -> int:
@@ -136,7 +137,7 @@ def bitmask_matmul(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: tor
     used = lib.oats_bitmask_matmul(values.data_ptr(), _check_values(values), bitmask.data_ptr(),
                                    row_offsets.data_ptr(), values.numel(), d_out, d_in, x.data_ptr(), n,
                                    out.data_ptr(), int(accumulate), _isa_code(isa), torch.get_num_threads())
-    return out, next(k for k, v in ISAS.items() if v == used)
+    return out, _ISA_NAMES[used]
 
 
 def bitmask_spmm(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,
