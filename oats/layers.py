@@ -7,10 +7,9 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
-from .io import atomic_save_tensors
+from .io import TensorFile, atomic_save_tensors
 from .sparse_format import STORAGE_DTYPES, SUFFIXES, BitmaskTensor
 
 
@@ -278,7 +277,7 @@ def load_compressed(model: nn.Module, path: str | Path, device: torch.device | N
         raise FileNotFoundError(f"no compressed checkpoint at {path}")
     dtype = dtype or next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    with safe_open(str(path), framework="pt") as f:
+    with TensorFile(path) as f:  # plain reads: no mapped file page stays resident beside the copies
         meta = f.metadata() or {}
         if "oats_structure" not in meta:
             raise ValueError(f"{path} is not a compressed-model file (no oats_structure metadata)")

@@ -137,6 +137,38 @@ def test_bad_weight_folders_are_named(tmp_path):
                        "wanda", 0.5, progress=False)
 
 
+def test_tensor_file_reads_what_safetensors_reads(tmp_path):
+    from safetensors import safe_open
+
+    from oats.io import TensorFile
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"f32": torch.randn(3, 5, generator=gen), "bf16": torch.randn(7, generator=gen).bfloat16(),
+               "f16": torch.randn(2, 2, 2, generator=gen).half(), "f64": torch.randn(4, generator=gen).double(),
+               "i64": torch.arange(6).view(2, 3), "u8": torch.arange(9, dtype=torch.uint8), "bool": torch.rand(5) > 0.5,
+               "scalar": torch.tensor(2.5), "empty": torch.empty(0, 4)}
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, path, metadata={"k": "v"})
+    with TensorFile(path) as mine, safe_open(str(path), framework="pt") as ref:
+        assert sorted(mine.keys()) == sorted(ref.keys()) and mine.metadata() == ref.metadata() == {"k": "v"}
+        for key in ref.keys():
+            got, want = mine.get_tensor(key), ref.get_tensor(key)
+            assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want), key
+        with pytest.raises(KeyError, match=f"{path} has no tensor nope"):
+            mine.get_tensor("nope")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:-3])  # the last tensor's bytes run past the end
+    with pytest.raises(OSError, match=f"{cut}: tensor .* the file is truncated"):
+        TensorFile(cut)
+    cut.write_bytes(data[:5])
+    with pytest.raises(OSError, match=f"{cut}: 5 bytes, too short"):
+        TensorFile(cut)
+    cut.write_bytes(data[:100])
+    with pytest.raises(OSError, match=f"{cut}: header of .* truncated or not a safetensors file"):
+        TensorFile(cut)
+
+
 def run_config(**over):
     cfg = {"model": {"name": "tiny-random-llama", "dtype": "float32"}, "method": {"name": "wanda"},
            "compression": 0.5, "data": {"source": "calib/wiki_vital_en.txt", "nsamples": 4, "seqlen": 64, "style": "concat", "seed": 42},

@@ -5,9 +5,9 @@ buffers such as rotary tables are computed as usual), loads what is outside the 
 (embeddings, final norm, head) from the safetensors files, and attaches a :class:`DiskWeights`
 as ``model.oats_disk``. The driver and the block-by-block evaluation then call
 :meth:`DiskWeights.load` on block ``i`` when they reach it: its tensors are read from the
-memory-mapped files into ordinary memory (the mapping is closed after each block, so no file
-page stays resident) and, once the block is compressed, the dense copies are freed with the
-replaced layers. With ``streaming`` the driver also releases each compressed block after writing
+files straight into ordinary memory (plain reads, :class:`oats.io.TensorFile`: no file page is
+mapped, so a tensor's bytes are not resident twice while it loads) and, once the block is
+compressed, the dense copies are freed with the replaced layers. With ``streaming`` the driver also releases each compressed block after writing
 it to the checkpoint (:meth:`DiskWeights.release`); the checkpoint is then the compressed model,
 and :meth:`load` brings a compressed block back from its file when it is needed again.
 
@@ -21,9 +21,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import nn
 
+from ..io import TensorFile
 from .base import DTYPE_KWARG, ModelNotAvailableError
 
 __all__ = ["DiskWeights", "WeightFileError", "disk_weights", "load_lazy", "safetensors_index"]
@@ -59,7 +60,7 @@ def safetensors_index(folder: str | Path) -> dict[str, Path]:
 
 def _open(file: Path):
     try:
-        return safe_open(str(file), framework="pt")
+        return TensorFile(file)
     except (SafetensorError, OSError) as err:
         raise WeightFileError(f"cannot read weight file {file} ({err}): it is truncated or damaged; "
                               "download or convert it again") from None
@@ -133,7 +134,7 @@ class DiskWeights:
         if not value.is_floating_point():
             raise WeightFileError(f"{file}: tensor {key} is stored as {value.dtype}, which cannot be loaded as "
                                   f"{self.dtype} (quantised weights: dequantise them first)")
-        return value.to(self.dtype, copy=True)  # out of the file's mapping, which closes with the file
+        return value.to(self.dtype)  # read into memory of its own: no copy when the type matches
 
     def load(self, i: int, block: nn.Module) -> None:
         """Bring block ``i`` into memory: its dense tensors from the model's files, then, if the driver
