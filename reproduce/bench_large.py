@@ -4,6 +4,8 @@ compressed and evaluated block by block (load=stream), with its peak resident me
     python reproduce/bench_large.py make --out /data/llama-synth --blocks 14     # 13.3 GB fp32 (Llama-3-8B shapes)
     python reproduce/bench_large.py run --folder /data/llama-synth --method wanda
     python reproduce/bench_large.py run --folder /data/llama-synth --method oats --iterations 2
+    python reproduce/bench_large.py run --folder /data/llama-synth --method oats --iterations 2 --resume
+                                                                                 # evaluate the finished one again
     python reproduce/bench_large.py agree                                        # streamed == whole model, small
 
 ``make`` writes one shard per block (hidden 4096, MLP 14336, 32 heads / 8 KV heads, vocabulary
@@ -94,8 +96,9 @@ def folder_bytes(folder: Path) -> int:
 
 
 def run(folder: Path, method: str, compression: float, iterations: int, nsamples: int, seqlen: int, windows: int,
-        work: Path, threads: int) -> dict:
-    """Stream-compress the model in ``folder`` and evaluate it block by block; the figures."""
+        work: Path, threads: int, resume: bool = False) -> dict:
+    """Stream-compress the model in ``folder`` and evaluate it block by block; the figures. ``resume``: keep
+    the checkpoint folder ``work`` (a finished one: compression is skipped and only the evaluation runs)."""
     import torch
 
     from oats.eval.blockwise import blockwise_window_nll
@@ -106,7 +109,8 @@ def run(folder: Path, method: str, compression: float, iterations: int, nsamples
 
     torch.set_num_threads(threads)
     params = {"iterations": iterations} if method == "oats" else {}
-    shutil.rmtree(work, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     with Profile() as prof:
         with phase("load"):
@@ -178,6 +182,8 @@ def main() -> None:
     r.add_argument("--windows", type=int, default=4)
     r.add_argument("--work", default=None, help="checkpoint folder (the compressed model); default FOLDER-METHOD")
     r.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    r.add_argument("--resume", action="store_true",
+                   help="keep the checkpoint folder: resume its compression (a finished one: evaluate only)")
     a = sub.add_parser("agree")
     a.add_argument("--work", default="outputs/bench_large_agree")
     args = p.parse_args()
@@ -193,7 +199,7 @@ def main() -> None:
             raise SystemExit(f"{folder} is not a model folder (no config.json): write one with `make --out {folder}`")
         work = Path(args.work or f"{folder}-{args.method}")
         out = run(folder, args.method, args.compression, args.iterations, args.nsamples, args.seqlen, args.windows,
-                  work, args.threads)
+                  work, args.threads, args.resume)
         print(json.dumps(out))
     else:
         agree(Path(args.work))

@@ -76,6 +76,21 @@ def test_lazy_and_streamed_compression_equal_the_eager_one(folder, tmp_path, met
             assert is_meta(model.model.embed_tokens) and is_meta(model.lm_head)  # read for each pass only
 
 
+def test_released_blocks_hand_the_heap_back(folder, tmp_path, monkeypatch):
+    """A streamed pass trims the allocator's heap after every block it releases (measured without: the
+    block-by-block evaluation of a 14-block model grew by ~110 MiB per block)."""
+    import oats.models.lazy as lazy
+
+    trims = []
+    monkeypatch.setattr(lazy, "trim_heap", lambda: trims.append(1) or True)
+    model = load_lazy(folder, torch.float32, streaming=True)
+    blockwise_window_nll(model, calib_ids(2, 24, seed=5))
+    assert len(trims) == 3 and all(is_meta(b) for b in model.model.layers)
+    trims.clear()
+    blockwise_window_nll(load_lazy(folder, torch.float32), calib_ids(2, 24, seed=5))  # lazy: blocks stay
+    assert trims == []
+
+
 def test_streamed_run_resumes_from_its_checkpoint(folder, tmp_path, monkeypatch):
     calib, windows = calib_ids(), calib_ids(2, 24, seed=5)
     method = get_method("wanda")

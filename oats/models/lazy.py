@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ..io import TensorFile
+from ..runtime import trim_heap
 from .base import DTYPE_KWARG, ModelNotAvailableError
 
 __all__ = ["DiskWeights", "WeightFileError", "disk_weights", "load_lazy", "safetensors_index"]
@@ -149,8 +150,12 @@ class DiskWeights:
             load_compressed(block, self.compressed[i], device=torch.device("cpu"), dtype=self.dtype)
 
     def release(self, i: int, block: nn.Module) -> None:
-        """Free block ``i``'s tensors (back to the meta device); :meth:`load` brings it back."""
+        """Free block ``i``'s tensors (back to the meta device) and hand the allocator's free heap pages
+        back (:func:`oats.runtime.trim_heap`); :meth:`load` brings the block back. Without the trim, a
+        block-by-block evaluation of 14 Llama-3-8B-shaped OATS blocks grew by about 110 MiB per block
+        (845 MiB after the first block, 2246 MiB after the last; 501 MiB after each with it)."""
         block.to("meta")
+        trim_heap()
 
     def done(self, i: int, block: nn.Module) -> None:
         """A pass is finished with block ``i``: released when streaming, else it stays in memory."""
