@@ -389,3 +389,35 @@ def test_dense_target_is_the_weight_when_both_streams_agree():
     Xd = X + 0.1 * torch.randn(300, 24, generator=g)  # the dense stream differs: the target absorbs it
     Wt = dense_target(W, H, X.T @ Xd * (2 / 300), 1e-8)
     assert torch.linalg.norm(X @ Wt.T - Xd @ W.T) < torch.linalg.norm(X @ W.T - Xd @ W.T)
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+def test_statistics_pass_stops_after_the_last_hooked_input_with_the_same_sums(arch):
+    """collect_stats ends each forward once every hooked input of it is seen (the first batch runs whole):
+    the sums equal those of whole forwards bit for bit, and the block's last linear runs only once."""
+    from oats.models.adapters import text_config
+    from oats.stats import collect_stats
+
+    model = TINY[arch](layers=1).eval()
+    adapter = get_adapter(model)
+    block = adapter.blocks(model)[0]
+    units = adapter.units(block, text_config(model))
+    inps, kwargs = capture_inputs(model, adapter.blocks(model), calib_ids(4, 16), torch.device("cpu"),
+                                  torch.device("cpu"))
+    needs = ("second_moment", "hessian")
+    whole, handles = {}, []
+    for u in units:
+        lin = block.get_submodule(u.path)
+        st = whole[u.path] = LayerStats(lin.in_features, needs)
+        handles.append(lin.register_forward_hook(lambda m, i, o, st=st: st.add(i[0])))
+    run_block(block, inps, kwargs[0], torch.device("cpu"), 1)
+    for h in handles:
+        h.remove()
+    last = block.get_submodule(units[-1].path)
+    ran = []
+    h = last.register_forward_hook(lambda *a: ran.append(1))
+    early = collect_stats(block, units, inps, kwargs[0], torch.device("cpu"), 1, needs)
+    h.remove()
+    assert len(ran) == 1  # only the first of the 4 batches ran the last linear
+    for path, st in whole.items():
+        assert early[path].n == st.n and all(torch.equal(early[path].sums[k], st.sums[k]) for k in st.sums), path
