@@ -197,8 +197,9 @@ def compress_model(
                     method.compress_block(job)
                 records += job.records
             dense = targets
-            with phase("propagate"):
-                run_block(block, inps, kwargs[i], device, batch_size, out=inps)
+            if i + 1 < len(blocks):  # the last block's outputs feed nothing
+                with phase("propagate"):
+                    run_block(block, inps, kwargs[i], device, batch_size, out=inps)
             if ckpt is not None and i >= start:
                 with phase("checkpoint"):
                     ckpt.save(i, block, records, owl_sparsity)
