@@ -137,6 +137,9 @@ def collect_stats(block: nn.Module, units: list[Unit], inps: torch.Tensor, kw: d
     seen: the first batch runs whole and counts the hook calls of one forward, and every later batch
     stops at that count (e.g. a Llama block skips ``down_proj`` and what follows, ~20% of its work).
     Every hooked call still happens, in the same order, so the statistics are the same bit for bit.
+    This assumes the block calls its linears the same way for every batch, as the supported (dense)
+    architectures do; a mixture-of-experts block, whose calls depend on the routing, would need the
+    whole forward.
     """
     if not needs:
         return {}

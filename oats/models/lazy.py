@@ -7,9 +7,10 @@ as ``model.oats_disk``. The driver and the block-by-block evaluation then call
 :meth:`DiskWeights.load` on block ``i`` when they reach it: its tensors are read from the
 files straight into ordinary memory (plain reads, :class:`oats.io.TensorFile`: no file page is
 mapped, so a tensor's bytes are not resident twice while it loads) and, once the block is
-compressed, the dense copies are freed with the replaced layers. With ``streaming`` the driver also releases each compressed block after writing
-it to the checkpoint (:meth:`DiskWeights.release`); the checkpoint is then the compressed model,
-and :meth:`load` brings a compressed block back from its file when it is needed again.
+compressed, the dense copies are freed with the replaced layers. With ``streaming`` the driver
+also releases each compressed block after writing it to the checkpoint
+(:meth:`DiskWeights.release`); the checkpoint is then the compressed model, and :meth:`load`
+brings a compressed block back from its file when it is needed again.
 
 Works for any model folder with ``*.safetensors`` weights: the built-ins' dequantised GGUF
 cache, local folders and hub snapshots.
