@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -178,13 +179,10 @@ class TensorFile:
             raise TensorFileError(f"{self.path}: tensor {key} has type {info['dtype']}, which torch cannot hold")
         begin, end = info["data_offsets"]
         shape = tuple(info["shape"])
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        numel = 1
-        for d in shape:
-            numel *= d
-        if end - begin != numel * itemsize:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes:
             raise TensorFileError(f"{self.path}: tensor {key} holds {end - begin} bytes, its shape {list(shape)} "
-                                  f"of {info['dtype']} needs {numel * itemsize}")
+                                  f"of {info['dtype']} needs {nbytes}")
         buf = torch.empty(end - begin, dtype=torch.uint8)
         self._fh.seek(self._start + begin)
         if end > begin and self._fh.readinto(buf.numpy()) != end - begin:
