@@ -15,8 +15,8 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_spmm",
-           "bitmask_to_dense"]
+__all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_lowrank_decode",
+           "bitmask_spmm", "bitmask_to_dense"]
 
 ISAS = {"scalar": 1, "avx2": 2, "avx512": 3}  # the bitmask kernels' instruction-set paths
 _ISA_NAMES = {code: name for name, code in ISAS.items()}
@@ -43,6 +43,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.oats_best_isa.argtypes = []
     lib.oats_bitmask_matmul.restype = INT
     lib.oats_bitmask_matmul.argtypes = [P, INT, P, P, I64, I64, I64, P, I64, P, INT, INT, INT]
+    lib.oats_bitmask_lowrank_decode.restype = INT
+    lib.oats_bitmask_lowrank_decode.argtypes = [P, INT, P, P, I64, I64, I64, P, P, INT, P, P, INT, I64, P, INT, INT]
     lib.oats_bitmask_spmm.restype = INT
     lib.oats_bitmask_spmm.argtypes = [P, INT, P, P, I64, I64, P, I64, P, INT, INT]
     lib.oats_bitmask_to_dense.restype = INT
@@ -137,6 +139,37 @@ def bitmask_matmul(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: tor
     used = lib.oats_bitmask_matmul(values.data_ptr(), _check_values(values), bitmask.data_ptr(),
                                    row_offsets.data_ptr(), values.numel(), d_out, d_in, x.data_ptr(), n,
                                    out.data_ptr(), int(accumulate), _isa_code(isa), torch.get_num_threads())
+    return out, _ISA_NAMES[used]
+
+
+def bitmask_lowrank_decode(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,
+                           x: torch.Tensor, V: torch.Tensor, U: torch.Tensor, out: torch.Tensor | None = None,
+                           accumulate: bool = False, isa: str | None = None) -> tuple[torch.Tensor, str]:
+    """``S x + U (V x)`` for one token x (d_in,) fp32 contiguous, in one pass of the kernels' threads: (y, isa).
+
+    V: (r, d_in), U: (d_out, r), contiguous, both fp32 or both bf16. ``out``: (d_out,) fp32 to write into
+    (or add to, with ``accumulate``).
+    """
+    lib = _lib()
+    d_out = bitmask.shape[0]
+    r = V.shape[0]
+    if V.dtype != U.dtype or V.dtype not in (torch.float32, torch.bfloat16) or tuple(V.shape) != (r, d_in) \
+            or tuple(U.shape) != (d_out, r) or not (V.is_contiguous() and U.is_contiguous()):
+        raise ValueError(f"bitmask_lowrank_decode: V must be ({r}, {d_in}) and U ({d_out}, {r}), contiguous, both fp32 "
+                         f"or both bf16; got V {V.dtype} {tuple(V.shape)}, U {U.dtype} {tuple(U.shape)}")
+    if x.numel() != d_in or x.dtype != torch.float32 or not x.is_contiguous():
+        raise ValueError(f"bitmask_lowrank_decode: x must be {d_in} contiguous fp32 values, got {x.dtype} "
+                         f"{tuple(x.shape)}")
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs an out tensor to add to")
+        out = torch.empty(d_out, dtype=torch.float32)
+    z = torch.empty(max(1, r), dtype=torch.float32)
+    used = lib.oats_bitmask_lowrank_decode(values.data_ptr(), _check_values(values), bitmask.data_ptr(),
+                                           row_offsets.data_ptr(), values.numel(), d_out, d_in, x.data_ptr(),
+                                           out.data_ptr(), int(accumulate), V.data_ptr(), U.data_ptr(),
+                                           int(V.dtype == torch.bfloat16), r, z.data_ptr(), _isa_code(isa),
+                                           torch.get_num_threads())
     return out, _ISA_NAMES[used]
 
 

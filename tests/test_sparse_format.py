@@ -75,6 +75,39 @@ def test_kernel_matches_pytorch(d_out, d_in, n, dtype, isa):
     assert torch.allclose(y2, y + 1, atol=1e-5 * float(scale.max()) + 1e-6)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d_out,d_in,r", [(1, 1, 1), (5, 3, 2), (9, 40, 0), (37, 53, 5), (64, 257, 1), (130, 96, 33),
+                                          (8, 48, 70)])  # 4-row blocks and leftovers, column tails, r > d_in
+def test_lowrank_decode_matches_pytorch(d_out, d_in, r, dtype, isa):
+    """One token through S + U V in one native call: S x + U (V x) within the fp32 bound, y += with accumulate."""
+    g = torch.Generator().manual_seed(d_out + d_in)
+    b = BitmaskTensor.from_dense(sparse_matrix(d_out, d_in, 0.4, seed=d_in), dtype)
+    U, V = torch.randn(d_out, r, generator=g).to(dtype), torch.randn(r, d_in, generator=g).to(dtype)
+    x = torch.randn(d_in, generator=g)
+    y, used = native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, d_in, x, V, U, isa=isa)
+    assert used == isa and y.shape == (d_out,)
+    Sd, Ud, Vd, xd = b.to_dense().double(), U.double(), V.double(), x.double()
+    ref = Sd @ xd + Ud @ (Vd @ xd)
+    scale = Sd.abs() @ xd.abs() + Ud.abs() @ (Vd.abs() @ xd.abs())  # fp32 accumulation error bound
+    assert float(((y.double() - ref).abs() / scale.clamp_min(1e-30)).max()) < 1e-5
+    y2 = torch.full((d_out,), 2.0)
+    native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, d_in, x, V, U, out=y2, accumulate=True, isa=isa)
+    assert torch.allclose(y2, y + 2, atol=1e-5 * float(scale.max()) + 1e-6)
+
+
+@needs_native
+def test_lowrank_decode_refuses_factors_that_do_not_fit():
+    b = BitmaskTensor.from_dense(sparse_matrix(6, 20, 0.5))
+    x, U, V = torch.randn(20), torch.randn(6, 3), torch.randn(3, 20)
+    with pytest.raises(ValueError, match=r"V must be \(3, 20\) and U \(6, 3\).*U torch.float32 \(6, 4\)"):
+        native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, 20, x, V, torch.randn(6, 4))
+    with pytest.raises(ValueError, match="both fp32 or both bf16"):
+        native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, 20, x, V.bfloat16(), U)
+    with pytest.raises(ValueError, match="x must be 20 contiguous fp32 values"):
+        native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, 20, torch.randn(21), V, U)
+
+
 @pytest.mark.skipif("avx512" not in ISAS, reason="the spmm (prefill) kernel is AVX-512 only")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d_out,d_in,n", [(5, 3, 1), (33, 100, 9), (40, 130, 70), (17, 64, 64), (20, 200, 129)])
@@ -154,6 +187,8 @@ def test_bitmask_linear_paths_agree_with_the_dense_layer(rank, dtype):
         assert y.shape == (2, 9, 70)
         assert torch.allclose(y, ref, rtol=tol, atol=tol * float(ref.abs().max())), path
     assert set(layer.choices.values()) <= {"kernel", "spmm", "tile-gemm"} and 32 in layer.choices  # 18 tokens
+    one = x[:1, :1]  # one token: sparse and low-rank parts in one native call (the decode path)
+    assert torch.allclose(layer(one), ref[:1, :1], rtol=tol, atol=tol * float(ref.abs().max()))
     with pytest.raises(ValueError, match="path 'csr' unknown; allowed: kernel, spmm, tile-gemm"):
         BitmaskLinear(BitmaskTensor.from_dense(S), path="csr")
 

@@ -11,9 +11,11 @@ broadcasts each into FMAs over a chunk of up to 64 tokens, so the work is propor
 nonzeros: compute-bound prefill) and **tile + GEMM** (expands a tile of rows to dense fp32, then a
 BLAS GEMM over all tokens). No dense copy of the weights is kept: a tile is at most
 ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked; one token always takes the kernel.
-The factors go through PyTorch's BLAS, on the same OpenMP threads as the kernels: handing them to
-numpy's OpenBLAS (whose dense gemv is faster here) made OATS decode 3x slower, its threads fighting
-the OpenMP threads still spinning after each kernel.
+One token (decode) goes through the sparse and the low-rank parts in one native call
+(:func:`oats.native.bitmask_lowrank_decode`: z = V x, then each row's sparse sum plus U_i . z, on the
+kernels' own OpenMP threads). More tokens take the factors through PyTorch's BLAS (compute-bound
+GEMMs there). Handing the factors to numpy's OpenBLAS instead made OATS decode 3x slower: its threads
+fought the OpenMP threads still spinning after each kernel.
 """
 from __future__ import annotations
 
@@ -51,8 +53,8 @@ class BitmaskLinear(nn.Module):
         self.S = S
         self.out_features, self.in_features = S.shape
         dt = S.values.dtype
-        self.Vt = None if U is None or U.shape[1] == 0 else V.detach().to(dt).t().contiguous()  # (d_in, r)
-        self.Ut = None if self.Vt is None else U.detach().to(dt).t().contiguous()  # (r, d_out)
+        self.V = None if U is None or U.shape[1] == 0 else V.detach().to(dt).contiguous()  # (r, d_in)
+        self.U = None if self.V is None else U.detach().to(dt).contiguous()  # (d_out, r)
         self.bias = None if bias is None else bias.detach().float()
         self.path = path
         self.choices: dict[int, str] = {}
@@ -66,11 +68,11 @@ class BitmaskLinear(nn.Module):
 
     @property
     def rank(self) -> int:
-        return 0 if self.Vt is None else self.Vt.shape[1]
+        return 0 if self.V is None else self.V.shape[0]
 
     def weight_bytes(self) -> int:
         """Bytes of weights read per forward: values, bitmask and row offsets, the factors."""
-        lowrank = 0 if self.Vt is None else (self.Vt.numel() + self.Ut.numel()) * self.Vt.element_size()
+        lowrank = 0 if self.V is None else (self.V.numel() + self.U.numel()) * self.V.element_size()
         return self.S.nbytes + lowrank
 
     def _sparse_tiled(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,9 +119,13 @@ class BitmaskLinear(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d_in) -> (n, d_out) fp32, bias excluded."""
         x = x.to(torch.float32).contiguous()
+        if self.V is not None and x.shape[0] == 1 and native.available():
+            y, _ = native.bitmask_lowrank_decode(self.S.values, self.S.bitmask, self.S.row_offsets, self.in_features,
+                                                 x[0], self.V, self.U)
+            return y.unsqueeze(0)
         y = self._sparse(x, self._choose(x))
-        if self.Vt is not None:
-            low = (x.to(self.Vt.dtype) @ self.Vt) @ self.Ut
+        if self.V is not None:
+            low = (x.to(self.V.dtype) @ self.V.t()) @ self.U.t()
             y = y.add_(low) if y.is_contiguous() else y + low
         return y
 
