@@ -28,19 +28,25 @@ from reproduce.tables import method_cells
 TABLE = "bench_methods"  # the methods compared: conf/table/bench_methods.yaml
 
 
-def real_layers(block: int, layers: list[str] | None, nsamples: int, seqlen: int,
+MODELS = {"smollm2-135m": ("SmolLM2-135M", False), "gemma3-270m": ("Gemma-3-270M", True)}  # name, BOS per window
+
+
+def real_layers(block: int, layers: list[str] | None, nsamples: int, seqlen: int, model_name: str = "smollm2-135m",
                 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], str]:
-    """{layer: (weight, its inputs)} of ``model.layers[block]`` of SmolLM2-135M on local calibration text
-    (the dense model's inputs); ``layers`` None = every linear of the block."""
+    """{layer: (weight, its inputs)} of block ``block`` of a real offline model on local calibration text
+    (the dense model's inputs, as the table runs calibrate it); ``layers`` None = every linear of the block."""
     from oats.data.calibration import get_calibration
     from oats.data.paths import data_file
     from oats.models.adapters import get_adapter, text_config
     from oats.models.loading import load_model
 
-    model, tok = load_model("smollm2-135m")
+    if model_name not in MODELS:
+        raise ValueError(f"model {model_name!r} unknown; allowed: {', '.join(MODELS)}")
+    title, bos = MODELS[model_name]
+    model, tok = load_model(model_name)
     calib = get_calibration(tok, source=str(data_file("calib/wiki_vital_en.txt")), nsamples=nsamples,
-                            seqlen=seqlen, style="concat", seed=42)
-    blk = model.model.layers[block]
+                            seqlen=seqlen, style="concat", seed=42, bos_per_window=bos)
+    blk = get_adapter(model).blocks(model)[block]
     names = layers or [u.path for u in get_adapter(model).units(blk, text_config(model))]
     xs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     hooks = [blk.get_submodule(n).register_forward_hook(
@@ -51,7 +57,7 @@ def real_layers(block: int, layers: list[str] | None, nsamples: int, seqlen: int
     for h in hooks:
         h.remove()
     out = {n: (blk.get_submodule(n).weight.detach().float().clone(), torch.cat(xs[n])) for n in names}
-    return out, f"SmolLM2-135M layers.{block} (dense inputs), {nsamples}x{seqlen} wiki tokens"
+    return out, f"{title} layers.{block} (dense inputs), {nsamples}x{seqlen} wiki tokens"
 
 
 def synthetic_layer(d_out: int = 576, d_in: int = 1536, n: int = 4096) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -109,6 +115,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--synthetic", action="store_true")
     p.add_argument("--tiny-model", action="store_true")
+    p.add_argument("--model", default="smollm2-135m", choices=sorted(MODELS), help="the real model (offline)")
     p.add_argument("--block", type=int, default=15)
     p.add_argument("--layer", default="mlp.down_proj", help="a linear of the block, or 'all'")
     p.add_argument("--table", default=TABLE, help="the table whose methods are compared")
@@ -135,7 +142,7 @@ def main() -> None:
         layers = {"synthetic": (W, X)}
     else:
         layers, desc = real_layers(args.block, None if args.layer == "all" else [args.layer], args.nsamples,
-                                   args.seqlen)
+                                   args.seqlen, args.model)
     print(f"{desc}; table {args.table}; compression {args.compression}; threads {torch.get_num_threads()}; "
           f"CPU {cpu_model()}")
     frames = [pd.DataFrame(layer_table(W, X, cells)).assign(layer=name) for name, (W, X) in layers.items()]

@@ -86,8 +86,9 @@ class CPULinear(nn.Module):
                 torch.from_numpy(spec.sparse.toarray()), None if spec.U is None else torch.from_numpy(spec.U),
                 None if spec.V is None else torch.from_numpy(spec.V),
                 dtype=torch.bfloat16 if engine == "native-bf16" else torch.float32)
-        self._ut = None if spec.U is None else np.ascontiguousarray(spec.U.T)   # (r, d_out)
-        self._vt = None if spec.V is None else np.ascontiguousarray(spec.V.T)   # (d_in, r)
+        factors = spec.U is not None and self._bitmask is None  # the native engine holds its own copy
+        self._ut = np.ascontiguousarray(spec.U.T) if factors else None   # (r, d_out)
+        self._vt = np.ascontiguousarray(spec.V.T) if factors else None   # (d_in, r)
         self.matmul: Callable[[np.ndarray], np.ndarray] = self._choose()
 
     def _choose(self) -> Callable[[np.ndarray], np.ndarray]:
