@@ -65,9 +65,12 @@ class Method:
     ``granularity``: how the sparse part's budget is spread ("row": the same count per output row,
     as Wanda and OATS do; "layer": one count for the whole matrix). ``needs_targets``: the method
     compresses a whole block at once against the dense block's outputs (:meth:`compress_block`).
+    ``added_later``: parameters added after results were recorded; a run leaves them out of its
+    identity while they are at their defaults (same results), so earlier runs are still found.
     """
 
     name: ClassVar[str]
+    added_later: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ("second_moment",)
     granularity: ClassVar[str] = "row"
     rank_ratio: ClassVar[float] = 0.0

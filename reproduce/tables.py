@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from oats import runtime
 from oats.allocation import DEFAULT_SCORE
 from oats.hydra_configs import DENSE, register_configs
+from oats.registry import UnknownMethodError, method_class, parameters
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -147,14 +148,22 @@ class Repeat:
         return out
 
 
+def _added_later(name: Any) -> tuple[str, ...]:
+    try:
+        return method_class(name).added_later
+    except UnknownMethodError:
+        return ()
+
+
 def run_identity(config: Mapping[str, Any]) -> str:
     """Hash of the resolved config, without settings that do not change results.
 
     The dense reference ignores every compression setting, so it is one run per model/eval. Left
     out as well, so that runs made before these settings existed keep their identity: a ``runtime``
     block left to the machine (all null), OWL's default score, and a model's ``method_params``
-    (per-model method defaults, already resolved into ``method``), and whether perplexity is computed
-    block by block (the same numbers).
+    (per-model method defaults, already resolved into ``method``), whether perplexity is computed
+    block by block (the same numbers), and a method's parameters added later while at their defaults
+    (``Method.added_later``).
     """
     ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
     if not any((ident.get("runtime") or {}).values()):
@@ -166,6 +175,10 @@ def run_identity(config: Mapping[str, Any]) -> str:
     perplexity = (ident.get("eval") or {}).get("perplexity")
     if isinstance(perplexity, Mapping) and "blockwise" in perplexity:  # how it is computed, not what
         ident["eval"] = {**ident["eval"], "perplexity": {k: v for k, v in perplexity.items() if k != "blockwise"}}
+    method = ident.get("method") or {}
+    later = [k for k in _added_later(method.get("name")) if k in method and method[k] == parameters(method["name"])[k]]
+    if later:
+        ident["method"] = {k: v for k, v in method.items() if k not in later}
     if ident.get("method", {}).get("name") == DENSE:
         ident = {k: v for k, v in ident.items() if k not in ("compression", "nm", "owl", "data")}
     blob = json.dumps(ident, sort_keys=True, default=str)

@@ -328,6 +328,46 @@ def test_reconstruction_objective_never_increases_and_beats_sparsegpt_and_oats(l
         assert err < 0.8 * reconstruction_error(X, W, oats.merged())
 
 
+def test_reconstruction_sparse_fallback_keeps_the_lower_objective(layer):
+    """With sparse_fallback, a layer without low-rank structure ends as SparseGPT at the whole budget (its
+    f is lower there), one with such structure keeps its rank; N:M budgets are left as they are."""
+    from oats.methods.hassle import damped_cholesky, objective, reconstruct
+
+    W, X = layer  # random weights: the low rank's share of the budget costs more than it removes
+    st = stats_of(X, hessian=True)
+    H, d = st.hessian_matrix(), st.column_rms()
+    R = damped_cholesky(H, 0.01)
+    b = layer_budget(*W.shape, 0.5, 0.3, None, "layer")
+    plain = reconstruct(W, H, b, alternations=3, d=d)
+    rec = reconstruct(W, H, b, alternations=3, d=d, sparse_fallback=True)
+    alone = sparsegpt_prune(W, H, layer_budget(*W.shape, 0.5, 0.0, None, "layer"))
+    f_alone = objective(W, alone, W.new_zeros(96, 0), W.new_zeros(0, 128), R)
+    assert plain.U.shape[1] == b.rank > 0 and f_alone < plain.objective[-1]
+    assert rec.U.shape[1] == 0 and torch.equal(rec.sparse, alone)
+    assert rec.objective[:-1] == plain.objective and rec.objective[-1] == pytest.approx(f_alone, rel=1e-6)
+    assert int((rec.sparse != 0).sum()) <= b.params
+
+    g = torch.Generator().manual_seed(2)
+    W2 = W + 3 * torch.randn(96, 4, generator=g) @ torch.randn(4, 128, generator=g)
+    kept = reconstruct(W2, H, b, alternations=3, d=d, sparse_fallback=True)
+    assert kept.U.shape[1] == b.rank and kept.objective[-1] == kept.objective[-2]
+    nm = layer_budget(*W.shape, None, 0.5, "2:8", "layer")
+    assert len(reconstruct(W, H, nm, alternations=2, d=d, sparse_fallback=True).objective) == 3
+
+
+def test_reconstruction_sparse_fallback_keeps_earlier_run_identities():
+    """A parameter added later leaves a run's identity alone at its default, and changes it when set."""
+    from reproduce.tables import run_identity
+
+    base = {"model": {"name": "m"}, "compression": 0.6,
+            "method": {"name": "hassle", "rank_ratio": 0.1, "alternations": 10}}
+    with_default = {**base, "method": {**base["method"], "sparse_fallback": False}}
+    on = {**base, "method": {**base["method"], "sparse_fallback": True}}
+    assert run_identity(with_default) == run_identity(base) != run_identity(on)
+    with pytest.raises(ValueError, match="hassle.sparse_fallback='yes': must be true or false"):
+        get_method("hassle", sparse_fallback="yes")
+
+
 def test_weighted_lowrank_is_the_exact_minimiser():
     """No rank-r L does better in the R^T-weighted norm: perturbing the optimum only raises the error."""
     from oats.methods.hassle import damped_cholesky, weighted_lowrank

@@ -22,6 +22,11 @@ target weight ``W C^T H_d^-1`` (C = X_c^T X_d), so the errors of earlier blocks 
 than carried on. ``init``: "oats" (default: start from OATS's decomposition at the same budget,
 20 subspace iterations) or "zero" (L = 0: the first S-step is plain SparseGPT; the greedy S-step then
 tends to stall once L has settled, tests/test_methods.py).
+
+``sparse_fallback`` (off by default): on an unstructured budget, also prune W alone with the whole
+budget (rank 0: SparseGPT) and keep that when its f is lower, so no layer ends worse than SparseGPT's
+on the objective. Measured on Gemma-3-270M at 60% (results/bench/layer_errors_gemma3_block9_60.txt),
+the low rank's share of the budget costs more than it removes on 4 of 7 layers of a block.
 """
 from __future__ import annotations
 
@@ -90,11 +95,11 @@ def objective(W: torch.Tensor, S: torch.Tensor, U: torch.Tensor, V: torch.Tensor
 
 def reconstruct(W: torch.Tensor, H: torch.Tensor, budget: LayerBudget, alternations: int = 10,
                 damping: float = 0.01, init: str = "oats", d: torch.Tensor | None = None,
-                blocksize: int = 128, svd: str = "subspace") -> Reconstruction:
+                blocksize: int = 128, svd: str = "subspace", sparse_fallback: bool = False) -> Reconstruction:
     """Alternate S-steps and exact L-steps; W: (d_out, d_in), H: (d_in, d_in), d: (d_in,) input RMS
     (for init="oats"). ``svd``: the L-step's truncated SVD, "subspace" (warm-started across
-    alternations, as OATS's) or "full". Returns the factors and f after the initialisation and each
-    alternation."""
+    alternations, as OATS's) or "full". ``sparse_fallback``: see the module docstring. Returns the
+    factors and f after the initialisation and each alternation (and after the fallback, if tried)."""
     W = W.detach().float()
     R = damped_cholesky(H, damping)
     r = budget.rank
@@ -116,6 +121,14 @@ def reconstruct(W: torch.Tensor, H: torch.Tensor, budget: LayerBudget, alternati
         if f_lr <= f:  # always, for the exact L-step; an approximate (subspace) one is kept only if no worse
             U, V, f = U_new, V_new, f_lr
         history.append(f)
+    if sparse_fallback and r and budget.nm is None:
+        alone = LayerBudget(budget.d_out, budget.d_in, 0, budget.params, None, None, "layer")
+        S_alone = sparsegpt_prune(W, H, alone, blocksize, damping)
+        U0, V0 = W.new_zeros(W.shape[0], 0), W.new_zeros(0, W.shape[1])
+        f_alone = objective(W, S_alone, U0, V0, R)
+        if f_alone < f:
+            S, U, V, f = S_alone, U0, V0, f_alone
+        history.append(f)
     return Reconstruction(S, U, V, history)
 
 
@@ -133,6 +146,8 @@ class Hassle(Method):
     init: str = "oats"
     svd: str = "subspace"
     match: str = "layer"  # "layer": the layer's own output on the compressed stream; "dense": the dense model's
+    sparse_fallback: bool = False  # per layer, SparseGPT at the whole budget where its f is lower (unstructured)
+    added_later: ClassVar[tuple[str, ...]] = ("sparse_fallback",)
 
     @property
     def needs_targets(self) -> bool:  # type: ignore[override]
@@ -147,6 +162,8 @@ class Hassle(Method):
         check_param(self.name, "init", self.init, self.init in INITS, f"allowed: {', '.join(INITS)}")
         check_param(self.name, "svd", self.svd, self.svd in SVD_SOLVERS, f"allowed: {', '.join(SVD_SOLVERS)}")
         check_param(self.name, "match", self.match, self.match in MATCHES, f"allowed: {', '.join(MATCHES)}")
+        check_param(self.name, "sparse_fallback", self.sparse_fallback, isinstance(self.sparse_fallback, bool),
+                    "must be true or false")
 
     def budget(self, d_out, d_in, compression, nm):
         return layer_budget(d_out, d_in, compression, self.rank_ratio, nm, "layer")
@@ -154,7 +171,7 @@ class Hassle(Method):
     def compress(self, W, stats, budget, name="layer"):
         d = stats.column_rms(name) if self.init == "oats" else None
         return reconstruct(W, stats.hessian_matrix(name), budget, self.alternations, self.damping, self.init, d,
-                           svd=self.svd)
+                           svd=self.svd, sparse_fallback=self.sparse_fallback)
 
     def compress_block(self, job) -> None:
         if self.match != "dense":
