@@ -151,7 +151,11 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const void* values, int bf16,
 // ---------------------------------------------------------------- AVX-512
 #define OATS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 
+// The values at p .. min(p + 16, end) - 1, zeros after. Nothing is read at or past the end: a masked
+// load with an empty mask at an address past the allocation costs a fault-suppression assist on AMD
+// (measured here: one token through a 4096 x 4096 layer with no nonzeros, 30 ms before, 1.0 ms after).
 OATS_AVX512 inline __m512 avx512_load16(const void* values, int bf16, int64_t p, int64_t end) {
+  if (p >= end) return _mm512_setzero_ps();
   const __mmask16 k = p + 16 <= end ? static_cast<__mmask16>(0xFFFF)
                                     : static_cast<__mmask16>((1u << (end > p ? end - p : 0)) - 1);
   if (!bf16) return _mm512_maskz_loadu_ps(k, static_cast<const float*>(values) + p);
