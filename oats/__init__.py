@@ -40,16 +40,18 @@ def compress(
     batch_size: int = 1,
     offload_activations: bool = False,
     progress: bool = True,
+    layer_workers: int | None = None,
     **method_params,
 ) -> CompressionReport:
     """Compress ``model`` in place with a registered ``method`` (``oats.discover()`` lists them).
 
     ``method_params`` go to the method (e.g. ``rank_ratio=0.3, iterations=80`` for OATS).
-    ``owl=True`` uses OWL's per-block allocation with default settings.
+    ``owl=True`` uses OWL's per-block allocation with default settings. ``layer_workers``: linears of a
+    block compressed at once (None: two for small layers on a CPU with 2 or more threads, else one).
     """
     owl_cfg = OWLConfig() if owl is True else (owl or None)
     return compress_model(
         model, calib, get_method(method, **method_params), compression, nm, device=device, owl=owl_cfg,
         checkpoint_dir=checkpoint_dir, batch_size=batch_size, offload_activations=offload_activations,
-        progress=progress,
+        progress=progress, layer_workers=layer_workers,
     )

@@ -87,7 +87,7 @@ def run(cfg: Mapping[str, Any] | RunConfig, out_dir: str | Path) -> dict:
                        device=rc.device, owl=rc.owl,
                        checkpoint_dir=out_dir / "checkpoint" if rc.get("checkpoint", True) else None,
                        batch_size=rc.get("batch_size", 1), offload_activations=rc.get("offload_activations", False),
-                       progress=progress)
+                       progress=progress, layer_workers=rc.runtime.get("layer_workers"))
         print(report.summary())
 
     evals = timed("eval_s", rc.task.evaluate, model, processor, ecfg,

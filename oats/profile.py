@@ -3,7 +3,9 @@
 Off unless a :class:`Profile` is active, so the driver's ``with phase("statistics"):`` costs a
 list lookup. Inside ``with Profile() as prof:`` every phase adds its seconds and calls, and
 records the peak RSS reached while it ran (Linux: the process's ``VmHWM``, reset at each phase
-start through ``/proc/self/clear_refs``; a phase nested in another counts toward both).
+start through ``/proc/self/clear_refs``; a phase nested in another counts toward both). A phase run
+by a worker thread (the driver's layer workers) adds its seconds and calls only, under a lock:
+thread-seconds, so two workers can add up to twice the wall time of their enclosing phase.
 
     with Profile() as prof:
         compress_model(model, calib, "wanda", 0.5)
@@ -11,6 +13,7 @@ start through ``/proc/self/clear_refs``; a phase nested in another counts toward
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +48,7 @@ class Profile:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, float]] = {}
         self._open: list[str] = []
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "Profile":
         _ACTIVE.append(self)
@@ -65,6 +69,13 @@ class Profile:
         self._open.append(name)
         _reset_peak()
 
+    def add(self, name: str, seconds: float) -> None:
+        """A worker thread's phase: seconds and calls, no peak (the thread's enclosing phase has it)."""
+        with self._lock:
+            row = self.rows.setdefault(name, {"seconds": 0.0, "calls": 0, "peak_mib": 0.0})
+            row["seconds"] += seconds
+            row["calls"] += 1
+
     def exit(self, name: str, seconds: float) -> None:
         self._open.pop()
         row = self.rows[name]
@@ -82,7 +93,8 @@ class Profile:
 
     def table(self) -> str:
         lines = [f"{'phase':<14} {'calls':>6} {'seconds':>9} {'peak RSS MiB':>13}"]
-        lines += [f"{name:<14} {int(r['calls']):>6} {r['seconds']:>9.2f} {r['peak_mib']:>13.0f}"
+        lines += [f"{name:<14} {int(r['calls']):>6} {r['seconds']:>9.2f} "
+                  + (f"{r['peak_mib']:>13.0f}" if r["peak_mib"] else f"{'-':>13}")  # a worker thread's phase
                   for name, r in self.rows.items()]
         return "\n".join(lines)
 
@@ -94,6 +106,13 @@ def phase(name: str) -> Iterator[None]:
         yield
         return
     prof = _ACTIVE[-1]
+    if threading.current_thread() is not threading.main_thread():
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            prof.add(name, time.perf_counter() - start)
+        return
     prof.enter(name)
     start = time.perf_counter()
     try:

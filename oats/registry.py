@@ -85,14 +85,14 @@ class Method:
         raise NotImplementedError(f"method {self.name!r} has no per-layer compress()")
 
     def compress_block(self, job: Any) -> None:
-        """Compress every linear of one block (default: each on its own with :meth:`compress`).
+        """Compress every linear of one block (default: each on its own with :meth:`compress`, several
+        at once where the driver allows: :meth:`compress` must be a pure function of its arguments).
 
         ``job`` (an :class:`oats.sequential.BlockJob`) gives the block, its inputs and (with
         ``needs_targets``) the dense block's outputs; ``job.replace(unit, factors)`` installs a
         compressed layer.
         """
-        for unit in job.units:
-            job.compress_unit(unit)
+        job.compress_units(job.units)
 
     def describe(self) -> dict:
         return {"name": self.name, "rank_ratio": self.rank_ratio, **dataclasses.asdict(self)}

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-KEYS = ("threads", "cpu_capability", "mkl_cbwr")
+KEYS = ("threads", "cpu_capability", "mkl_cbwr", "layer_workers")
 CPU_CAPABILITIES = ("default", "avx2", "avx512")  # x86 values of ATEN_CPU_CAPABILITY
 _CBWR = re.compile(r"(AUTO|COMPATIBLE|SSE4_2|AVX|AVX2|AVX512|AVX512_E1|AVX10)(,STRICT)?")
 
@@ -37,6 +37,10 @@ def settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     threads = rt.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise RuntimeSettingError(f"runtime.threads={threads!r} must be a positive integer or null")
+    workers = rt.get("layer_workers")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise RuntimeSettingError(f"runtime.layer_workers={workers!r} must be a positive integer or null (automatic: "
+                                  "2 for small layers on a CPU with 2 or more threads, else 1)")
     isa = rt.get("cpu_capability")
     if isa is not None and isa not in CPU_CAPABILITIES:
         raise RuntimeSettingError(f"runtime.cpu_capability={isa!r}; allowed: {', '.join(CPU_CAPABILITIES)} or null")

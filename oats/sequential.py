@@ -5,11 +5,18 @@ needs in one forward pass (hooks on every linear), compresses the block (each li
 or the whole block for a method that matches the dense block's outputs), re-runs the block so the
 next one sees compressed outputs, moves it back to the host and writes a checkpoint. Only the
 current block and the calibration activations live on the compute device.
+
+A block's linears are independent given its statistics, so on a CPU with small layers (where one
+layer's products cannot keep several threads busy) they are compressed by ``layer_workers`` threads
+at once, each with its share of the intra-op threads, and installed in their order afterwards.
 """
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 from pathlib import Path
 
 import torch
@@ -54,6 +61,7 @@ class BlockJob:
     compression: float | None
     nm: NM | None
     records: list[LayerRecord] = field(default_factory=list)
+    workers: int = 1  # linears compressed at once by compress_units
 
     def budget(self, unit: Unit, rows: tuple[int, int] | None = None) -> LayerBudget:
         lin = self.block.get_submodule(unit.path)
@@ -62,14 +70,28 @@ class BlockJob:
 
     def compress_unit(self, unit: Unit) -> None:
         """Compress one linear (each part of a fused one on its own) with the method's per-layer function."""
-        lin = self.block.get_submodule(unit.path)
-        factors, seconds = {}, {}
-        for part, (a, b) in (unit.parts or {"": (0, lin.out_features)}).items():
-            t0 = time.perf_counter()
-            factors[part] = self.method.compress(lin.weight.data[a:b], self.stats.get(unit.path),
-                                                 self.budget(unit, (a, b)), name=_name(unit, part))
-            seconds[part] = time.perf_counter() - t0
-        self.replace(unit, factors, seconds)
+        self.compress_units([unit])
+
+    def compress_units(self, units: list[Unit]) -> None:
+        """Compress the linears ``units`` with the method's per-layer function (``workers`` parts at a
+        time, each a pure function of its weight, statistics and budget) and install them in order."""
+        jobs = [(unit, part, rows) for unit in units
+                for part, rows in (unit.parts or {"": (0, self.block.get_submodule(unit.path).out_features)}).items()]
+        if self.workers > 1 and len(jobs) > 1:
+            with _threads_split(self.workers) as pool:
+                done = list(pool.map(lambda job: self._compress_part(*job), jobs))
+        else:
+            done = [self._compress_part(*job) for job in jobs]
+        for unit in units:
+            mine = [(part, f, sec) for (u, part, _), (f, sec) in zip(jobs, done) if u is unit]
+            self.replace(unit, {part: f for part, f, _ in mine}, {part: sec for part, _, sec in mine})
+
+    def _compress_part(self, unit: Unit, part: str, rows: tuple[int, int]) -> tuple[Factors, float]:
+        a, b = rows
+        t0 = time.perf_counter()
+        factors = self.method.compress(self.block.get_submodule(unit.path).weight.data[a:b],
+                                       self.stats.get(unit.path), self.budget(unit, rows), name=_name(unit, part))
+        return factors, time.perf_counter() - t0
 
     def replace(self, unit: Unit, factors: dict[str, Factors], seconds: dict[str, float] | None = None) -> None:
         """Install the compressed layer(s) of ``unit`` ({part: factors}; part '' for a plain linear) and
@@ -101,6 +123,36 @@ def _name(unit: Unit, part: str) -> str:
     return f"{unit.path}.{part}" if part else unit.path
 
 
+SMALL_LAYER = 4 << 20  # weights: layers up to this size leave threads idle in one layer's products
+
+
+@contextmanager
+def _threads_split(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``workers`` threads, the process's intra-op threads shared among them meanwhile."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="oats-layer") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
+def layer_workers_for(blocks, plan, device: torch.device, requested: int | None) -> int:
+    """Linears compressed at once: ``requested`` if given, else 2 on a CPU with at least 2 threads
+    whose largest linear has at most :data:`SMALL_LAYER` weights (measured on SmolLM2-135M, 2 threads:
+    OATS on a block's 7 linears 0.52 s one at a time, 0.43 s two at a time), else 1."""
+    if requested is not None:
+        if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
+            raise ValueError(f"layer_workers={requested!r} must be a positive integer (or None: automatic)")
+        return requested
+    if device.type != "cpu" or torch.get_num_threads() < 2:
+        return 1
+    largest = max((b.get_submodule(u.path).weight.numel() for b, units in zip(blocks, plan) for u in units),
+                  default=0)
+    return 2 if largest <= SMALL_LAYER else 1
+
+
 def _validate_budgets(blocks, plan, method: Method, compressions: list[float | None], nm: NM | None) -> None:
     """Every layer's budget is computed before any work, so bad settings fail fast."""
     for i, (block, units) in enumerate(zip(blocks, plan)):
@@ -126,6 +178,7 @@ def compress_model(
     batch_size: int = 1,
     offload_activations: bool = False,
     progress: bool = True,
+    layer_workers: int | None = None,
 ) -> CompressionReport:
     """Compress every linear layer of every transformer block of ``model`` in place.
 
@@ -134,7 +187,8 @@ def compress_model(
     :class:`~oats.registry.Method` or its name. ``compression``: fraction of each
     layer's parameters removed (None with N:M, which fixes it). ``owl``: allocate
     per-block compression with OWL around ``compression``. ``checkpoint_dir``:
-    write a checkpoint after each block and resume from it. Returns the measured
+    write a checkpoint after each block and resume from it. ``layer_workers``: linears of a block
+    compressed at once (None: :func:`layer_workers_for` decides). Returns the measured
     per-layer report.
     """
     method = get_method(method) if isinstance(method, str) else method
@@ -148,6 +202,7 @@ def compress_model(
     device = resolve_device(device)
     blocks = adapter.blocks(model)
     plan = [adapter.units(b, text_config(model)) for b in blocks]
+    workers = layer_workers_for(blocks, plan, device, layer_workers)
     compressions: list[float | None] = [compression] * len(blocks)
     _validate_budgets(blocks, plan, method, compressions, nm)
 
@@ -191,7 +246,7 @@ def compress_model(
                 with phase("statistics"):
                     stats = collect_stats(block, plan[i], inps, kwargs[i], device, batch_size, method.needs)
                 job = BlockJob(i, block, plan[i], inps, dense, targets, kwargs[i], device, batch_size, stats,
-                               method, compressions[i], nm)
+                               method, compressions[i], nm, workers=workers)
                 bar.set_postfix_str(f"block {i}")
                 with phase("compress"):
                     method.compress_block(job)

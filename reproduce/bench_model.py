@@ -81,7 +81,8 @@ def child(spec: dict) -> None:
         method = build_method(spec["method"])
         t = time.perf_counter()
         report = compress_model(model, calib, method, 0.5, device=spec.get("device", "cpu"), progress=False,
-                                checkpoint_dir=Path(work) / "ckpt" if load == "stream" else None)
+                                checkpoint_dir=Path(work) / "ckpt" if load == "stream" else None,
+                                layer_workers=spec.get("layer_workers"))
         seconds = time.perf_counter() - t
         if spec.get("evaluate"):
             from oats.eval.blockwise import blockwise_window_nll
@@ -104,8 +105,11 @@ def phase_table(label: str, r: dict) -> str:
     lines = [f"{label}: {r['seconds']:.1f} s compressing, peak RSS {r['peak_rss_mib']:.0f} MiB "
              f"(after load {r['rss_after_load_mib']:.0f} MiB)",
              f"  {'phase':<16}{'calls':>6}{'seconds':>10}{'peak RSS MiB':>14}"]
-    lines += [f"  {name:<16}{int(v['calls']):>6}{v['seconds']:>10.2f}{v['peak_mib']:>14.0f}"
+    lines += [f"  {name:<16}{int(v['calls']):>6}{v['seconds']:>10.2f}"
+              + (f"{v['peak_mib']:>14.0f}" if v["peak_mib"] else f"{'-':>14}")
               for name, v in r["phases"].items()]
+    if any(not v["peak_mib"] for v in r["phases"].values()):
+        lines.append("  (-: phases of the layer workers, thread-seconds summed over the workers)")
     return "\n".join(lines)
 
 
@@ -153,10 +157,13 @@ def timing(args) -> None:
     """OATS's whole-model compression time with the per-phase split (SVD, threshold, statistics, propagation)."""
     from oats import native
 
+    workers = "automatic" if args.layer_workers is None else args.layer_workers
     print(f"CPU {cpu_model()}, {args.threads} threads; SmolLM2-135M, OATS at 0.5, {args.iterations} iterations, "
-          f"svd={args.svd}, calibration {args.nsamples} x {args.seqlen}; native kernels: {native.status()}")
+          f"svd={args.svd}, calibration {args.nsamples} x {args.seqlen}, layer workers {workers}; "
+          f"native kernels: {native.status()}")
     r = measure({"method": {"name": "oats", "iterations": args.iterations, "svd": args.svd}, "nsamples": args.nsamples,
-                 "seqlen": args.seqlen, "device": args.device, "threads": args.threads})
+                 "seqlen": args.seqlen, "device": args.device, "threads": args.threads,
+                 "layer_workers": args.layer_workers})
     print(phase_table(f"OATS ({args.iterations} it, svd={args.svd})", r))
 
 
@@ -200,6 +207,8 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=80, help="OATS iterations")
     p.add_argument("--svd", default="subspace", choices=["subspace", "full"], help="time: OATS's SVD solver")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--layer-workers", type=int, default=None,
+                   help="time: linears compressed at once (default: automatic, see oats.sequential)")
     p.add_argument("--loads", nargs="+", default=["eager", "lazy", "stream"], choices=["eager", "lazy", "stream"],
                    help="memory: the ways to load the model for the per-phase profile")
     p.add_argument("--nsamples-sweep", nargs="+", type=int, default=[8, 16, 32, 64, 128])

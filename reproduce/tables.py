@@ -163,9 +163,11 @@ def run_identity(config: Mapping[str, Any]) -> str:
     block left to the machine (all null), OWL's default score, and a model's ``method_params``
     (per-model method defaults, already resolved into ``method``), whether perplexity is computed
     block by block (the same numbers), and a method's parameters added later while at their defaults
-    (``Method.added_later``).
+    (``Method.added_later``) and ``runtime.layer_workers`` left automatic.
     """
     ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    if (ident.get("runtime") or {}).get("layer_workers", 0) is None:  # automatic: added later
+        ident["runtime"] = {k: v for k, v in ident["runtime"].items() if k != "layer_workers"}
     if not any((ident.get("runtime") or {}).values()):
         ident.pop("runtime", None)
     if (ident.get("owl") or {}).get("score") == DEFAULT_SCORE:

@@ -421,3 +421,56 @@ def test_statistics_pass_stops_after_the_last_hooked_input_with_the_same_sums(ar
     assert len(ran) == 1  # only the first of the 4 batches ran the last linear
     for path, st in whole.items():
         assert early[path].n == st.n and all(torch.equal(early[path].sums[k], st.sums[k]) for k in st.sums), path
+
+
+@pytest.mark.parametrize("method,params", [("oats", {"iterations": 6}), ("sparsegpt", {}), ("hassle", {"alternations": 2})])
+def test_linears_compressed_two_at_a_time_equal_one_at_a_time(method, params):
+    """Two layer workers (one intra-op thread each) give the weights and records of one worker with one
+    thread, bit for bit, on fused and split linears alike; the profile gets the workers' phases."""
+    from oats.profile import Profile
+
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for workers, intra in ((1, 1), (2, 2)):
+            torch.set_num_threads(intra)
+            model = TINY["phi3"](layers=2).eval()  # fused qkv (split parts) and gate_up
+            with Profile() as prof:
+                report = compress_model(model, calib_ids(4, 16), get_method(method, **params), 0.5,
+                                        progress=False, layer_workers=workers)
+            assert torch.get_num_threads() == intra  # restored after the block's workers
+            results.append((model.state_dict(), [(r.block, r.name, r.params) for r in report.layers], prof.rows))
+    finally:
+        torch.set_num_threads(threads)
+    (one, rec_one, _), (two, rec_two, rows) = results
+    assert rec_one == rec_two and one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one), [k for k in one if not torch.equal(one[k], two[k])]
+    if method == "oats":
+        assert rows["oats svd"]["calls"] == 6 * len(rec_two)  # from the worker threads, every one counted
+
+
+def test_layer_workers_are_automatic_for_small_layers_and_checked():
+    from oats.sequential import SMALL_LAYER, layer_workers_for
+
+    model = TINY["llama"](layers=1)
+    adapter = get_adapter(model)
+    blocks = adapter.blocks(model)
+    from oats.models.adapters import text_config
+    plan = [adapter.units(b, text_config(model)) for b in blocks]
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert layer_workers_for(blocks, plan, cpu, None) == 2
+        assert layer_workers_for(blocks, plan, torch.device("meta"), None) == 1  # not a CPU
+        assert layer_workers_for(blocks, plan, cpu, 3) == 3
+        torch.set_num_threads(1)
+        assert layer_workers_for(blocks, plan, cpu, None) == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert max(b.get_submodule(u.path).weight.numel() for b, us in zip(blocks, plan) for u in us) <= SMALL_LAYER
+    with pytest.raises(ValueError, match="layer_workers=0 must be a positive integer"):
+        layer_workers_for(blocks, plan, cpu, 0)
+    from oats.runtime import RuntimeSettingError, settings
+    with pytest.raises(RuntimeSettingError, match="runtime.layer_workers='2' must be a positive integer or null"):
+        settings({"layer_workers": "2"})
