@@ -130,9 +130,11 @@ SMALL_LAYER = 4 << 20  # weights: layers up to this size leave threads idle in o
 def _threads_split(workers: int) -> Iterator[ThreadPoolExecutor]:
     """A pool of ``workers`` threads, the process's intra-op threads shared among them meanwhile."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="oats-layer") as pool:
+    share = max(1, threads // workers)
+    torch.set_num_threads(share)
+    try:  # set in each worker too: OpenMP's thread count (which MKL's products follow) is per calling thread
+        with ThreadPoolExecutor(workers, thread_name_prefix="oats-layer",
+                                initializer=torch.set_num_threads, initargs=(share,)) as pool:
             yield pool
     finally:
         torch.set_num_threads(threads)
