@@ -74,10 +74,15 @@ def test_repeat_expands_each_cell_over_seeds_and_runtimes():
 
 def test_a_machine_default_runtime_keeps_the_run_identity():
     cfg = compose_run(["method=wanda"])
-    assert cfg["runtime"] == {"threads": None, "cpu_capability": None, "mkl_cbwr": None}
+    assert cfg["runtime"] == {"threads": None, "cpu_capability": None, "mkl_cbwr": None, "layer_workers": None}
     without = {k: v for k, v in cfg.items() if k != "runtime"}
     assert run_identity(cfg) == run_identity(without)
-    assert run_identity({**cfg, "runtime": {**cfg["runtime"], "threads": 1}}) != run_identity(cfg)
+    one = {**cfg, "runtime": {**cfg["runtime"], "threads": 1}}
+    assert run_identity(one) != run_identity(cfg)
+    # layer_workers came later: left automatic, a pinned run keeps the identity it had before the key existed
+    before = {**cfg, "runtime": {"threads": 1, "cpu_capability": None, "mkl_cbwr": None}}
+    assert run_identity(one) == run_identity(before)
+    assert run_identity({**one, "runtime": {**one["runtime"], "layer_workers": 2}}) != run_identity(one)
 
 
 @pytest.mark.parametrize("cfg, match", [
