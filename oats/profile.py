@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["Profile", "phase", "rss_mib"]
+__all__ = ["Profile", "phase", "rss_mib", "mark_worker_thread"]
 
 _ACTIVE: list["Profile"] = []
+_THREAD = threading.local()  # .worker: this thread is one of the driver's layer workers
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -99,6 +100,11 @@ class Profile:
         return "\n".join(lines)
 
 
+def mark_worker_thread() -> None:
+    """Called in a worker thread: its phases add thread-seconds (see the module doc)."""
+    _THREAD.worker = True
+
+
 @contextmanager
 def phase(name: str) -> Iterator[None]:
     """Count the body as phase ``name`` of the active profile (nothing when none is active)."""
@@ -106,7 +112,7 @@ def phase(name: str) -> Iterator[None]:
         yield
         return
     prof = _ACTIVE[-1]
-    if threading.current_thread() is not threading.main_thread():
+    if getattr(_THREAD, "worker", False):
         start = time.perf_counter()
         try:
             yield

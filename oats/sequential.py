@@ -16,8 +16,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from .checkpoint import Checkpoint, fingerprint
 from .layers import CompressedLinear, SplitLinear, set_submodule
 from .models.adapters import Unit, get_adapter, text_config
 from .models.lazy import disk_weights
-from .profile import phase
+from .profile import mark_worker_thread, phase
 from .registry import Factors, Method, get_method
 from .report import CompressionReport, LayerRecord
 from .runtime import trim_heap
@@ -132,12 +132,17 @@ def _threads_split(workers: int) -> Iterator[ThreadPoolExecutor]:
     threads = torch.get_num_threads()
     share = max(1, threads // workers)
     torch.set_num_threads(share)
-    try:  # set in each worker too: OpenMP's thread count (which MKL's products follow) is per calling thread
-        with ThreadPoolExecutor(workers, thread_name_prefix="oats-layer",
-                                initializer=torch.set_num_threads, initargs=(share,)) as pool:
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="oats-layer", initializer=_worker_init,
+                                initargs=(share,)) as pool:
             yield pool
     finally:
         torch.set_num_threads(threads)
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)  # in the worker too: OpenMP's count (MKL's products follow it) is per thread
+    mark_worker_thread()
 
 
 def layer_workers_for(blocks, plan, device: torch.device, requested: int | None) -> int:
