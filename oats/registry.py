@@ -97,6 +97,12 @@ class Method:
     def describe(self) -> dict:
         return {"name": self.name, "rank_ratio": self.rank_ratio, **dataclasses.asdict(self)}
 
+    def identity(self) -> dict:
+        """:meth:`describe` without the ``added_later`` parameters at their defaults (what a checkpoint
+        is written for: a checkpoint from before such a parameter existed still resumes)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in self.describe().items() if not (k in self.added_later and v == defaults.get(k))}
+
 
 METHODS: dict[str, type[Method]] = {}
 

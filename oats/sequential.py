@@ -219,7 +219,7 @@ def compress_model(
                          "copy: pass checkpoint_dir (checkpoint=true)")
     ckpt = None
     if checkpoint_dir:
-        ckpt = Checkpoint(checkpoint_dir, fingerprint(model, method.describe(), compression, str(nm) if nm else None,
+        ckpt = Checkpoint(checkpoint_dir, fingerprint(model, method.identity(), compression, str(nm) if nm else None,
                                                       owl.describe() if owl else None, calib))
     state = ckpt.load() if ckpt else None
     owl_sparsity = state["owl_sparsity"] if state else None

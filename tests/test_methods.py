@@ -364,6 +364,8 @@ def test_reconstruction_sparse_fallback_keeps_earlier_run_identities():
     with_default = {**base, "method": {**base["method"], "sparse_fallback": False}}
     on = {**base, "method": {**base["method"], "sparse_fallback": True}}
     assert run_identity(with_default) == run_identity(base) != run_identity(on)
+    assert "sparse_fallback" not in get_method("hassle").identity()  # checkpoints from before it still resume
+    assert get_method("hassle", sparse_fallback=True).identity()["sparse_fallback"] is True
     with pytest.raises(ValueError, match="hassle.sparse_fallback='yes': must be true or false"):
         get_method("hassle", sparse_fallback="yes")
 
