@@ -26,21 +26,34 @@ class Failure:
 
 
 def launch_local(runs: list[Run], results_dir: Path, wandb_cfg: Mapping[str, Any] | None = None) -> list[Failure]:
-    """Run each pending run in turn; a failure is logged to its folder and does not stop the others."""
+    """Run each pending run in turn; a failure is logged to its folder and does not stop the others.
+
+    A run that another live process has claimed (the same table started twice, say) or that it has
+    finished since this one planned is skipped (:meth:`RunStore.claim`)."""
     failures = []
     store = RunStore(results_dir)
     bar = tqdm(runs, desc="runs", unit="run")
     for run in bar:
         bar.set_postfix_str(f"{run.row} | {run.col}" + (f" | {run.rep}" if run.rep else ""))
-        out = store.prepare(run)
+        holder = store.claim(run.run_id)
+        if holder is not None:
+            tqdm.write(f"run {run.run_id} ({run.row} | {run.col}) is being run by {holder}: skipped here "
+                       f"(if that process is gone, delete {store.claim_path(run.run_id)})")
+            continue
         try:
-            execute(run.config, out, wandb_cfg)
-        except Exception as e:  # noqa: BLE001 - reported, the other runs go on
-            log = out / "error.log"
-            if not isinstance(e, RunFailed):  # a worker process wrote its own traceback there
-                atomic_write_text(log, traceback.format_exc())
-            failures.append(Failure(run, f"{type(e).__name__}: {e}", log))
-            tqdm.write(f"run {run.run_id} ({run.row} | {run.col}) failed: {type(e).__name__}: {e} [log: {log}]")
+            if store.done(run.run_id):  # finished by another process since this one planned
+                continue
+            out = store.prepare(run)
+            try:
+                execute(run.config, out, wandb_cfg)
+            except Exception as e:  # noqa: BLE001 - reported, the other runs go on
+                log = out / "error.log"
+                if not isinstance(e, RunFailed):  # a worker process wrote its own traceback there
+                    atomic_write_text(log, traceback.format_exc())
+                failures.append(Failure(run, f"{type(e).__name__}: {e}", log))
+                tqdm.write(f"run {run.run_id} ({run.row} | {run.col}) failed: {type(e).__name__}: {e} [log: {log}]")
+        finally:
+            store.release(run.run_id)
         gc.collect()
     return failures
 

@@ -218,3 +218,38 @@ def test_published_llama3_cells_are_sourced_and_listed():
     assert expected.judge(("Wanda", "70%", "wikitext2/token_perplexity"))[0].rel == pytest.approx(3 * 3.1 / 116.8)
     for name in ("llama3_30", "llama3_60", "phi3_mini_50", "llama3_70b_40"):
         assert "DSnoT" in table_spec(name).rows
+
+
+def test_runs_are_claimed_so_two_processes_can_share_a_table(tmp_path, monkeypatch):
+    """A process skips a run another live process holds, or one finished since it planned; a claim whose
+    process died on this host is taken over; a process releases only its own claims."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import reproduce.launch as launch
+    from reproduce.tables import Run
+
+    store = RunStore(tmp_path)
+    host, me = socket.gethostname(), f"{socket.gethostname()} {os.getpid()}"
+    other = f"{host} {os.getppid()}"  # a live process that is not this one
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for run_id, holder in (("held", other), ("stale", f"{host} {dead.pid}")):
+        store.claim_path(run_id).parent.mkdir(parents=True)
+        store.claim_path(run_id).write_text(holder)
+    assert store.claim("held") == other
+    assert store.claim("stale") is None and store.claim_path("stale").read_text() == me
+    store.release("stale")
+    assert not store.claim_path("stale").exists()
+    store.release("held")
+    assert store.claim_path("held").read_text() == other  # not ours: left alone
+
+    store.folder("finished").mkdir(parents=True)
+    store.result_path("finished").write_text("{}")
+    ran = []
+    monkeypatch.setattr(launch, "execute", lambda config, out, wandb_cfg: ran.append(out.name))
+    runs = [Run("r", c, (), {}, run_id) for c, run_id in (("a", "held"), ("b", "finished"), ("c", "free"))]
+    assert launch.launch_local(runs, tmp_path) == []
+    assert ran == ["free"] and not store.claim_path("free").exists()
