@@ -209,6 +209,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--layer-workers", type=int, default=None,
                    help="time: linears compressed at once (default: automatic, see oats.sequential)")
+    p.add_argument("--rows", nargs="+", default=None, help="methods: only these rows of bench_methods")
     p.add_argument("--loads", nargs="+", default=["eager", "lazy", "stream"], choices=["eager", "lazy", "stream"],
                    help="memory: the ways to load the model for the per-phase profile")
     p.add_argument("--nsamples-sweep", nargs="+", type=int, default=[8, 16, 32, 64, 128])
@@ -225,11 +226,16 @@ def main() -> None:
         return
     import pandas as pd
 
+    chosen = [(label, m) for label, m in methods(args.iterations) if args.rows is None or label in args.rows]
+    unknown = sorted(set(args.rows or ()) - {label for label, _ in chosen})
+    if unknown:
+        raise SystemExit(f"--rows {unknown} unknown; the rows of bench_methods: "
+                         f"{', '.join(label for label, _ in methods(args.iterations))}")
     rows = []
     print(f"SmolLM2-135M, compression 0.5, calibration {args.nsamples} x {args.seqlen} tokens "
           f"(wiki_vital_en, concat, seed 42), device {args.device}, {args.threads} threads, "
           f"CPU {cpu_model()}")
-    for label, method in methods(args.iterations):
+    for label, method in chosen:
         r = measure({"method": method, "nsamples": args.nsamples, "seqlen": args.seqlen, "device": args.device,
                      "threads": args.threads})
         rows.append({"method": label, "seconds": r["seconds"], "peak_rss_mib": r["peak_rss_mib"]})
