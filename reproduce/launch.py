@@ -25,11 +25,12 @@ class Failure:
     log: Path | None
 
 
-def launch_local(runs: list[Run], results_dir: Path, wandb_cfg: Mapping[str, Any] | None = None) -> list[Failure]:
+def launch_local(runs: list[Run], results_dir: Path, wandb_cfg: Mapping[str, Any] | None = None,
+                 rerun: bool = False) -> list[Failure]:
     """Run each pending run in turn; a failure is logged to its folder and does not stop the others.
 
-    A run that another live process has claimed (the same table started twice, say) or that it has
-    finished since this one planned is skipped (:meth:`RunStore.claim`)."""
+    A run that another live process has claimed (the same table started twice, say) is skipped
+    (:meth:`RunStore.claim`), and so is one finished since this process planned, unless ``rerun``."""
     failures = []
     store = RunStore(results_dir)
     bar = tqdm(runs, desc="runs", unit="run")
@@ -41,7 +42,7 @@ def launch_local(runs: list[Run], results_dir: Path, wandb_cfg: Mapping[str, Any
                        f"(if that process is gone, delete {store.claim_path(run.run_id)})")
             continue
         try:
-            if store.done(run.run_id):  # finished by another process since this one planned
+            if store.done(run.run_id) and not rerun:  # finished by another process since this one planned
                 continue
             out = store.prepare(run)
             try:

@@ -100,7 +100,7 @@ def reproduce(cfg: DictConfig) -> int:
         print(f"gather_only: {len(pending)} run(s) not done are left out (their cells read 'missing')")
     elif pending:
         if cfg.launcher.name == "local":
-            failures = launch_local(pending, results_dir, wandb_cfg)
+            failures = launch_local(pending, results_dir, wandb_cfg, rerun=bool(cfg.rerun))
         else:
             failures = launch_slurm(pending, results_dir, cfg.launcher, spec.name, wandb_cfg)
 

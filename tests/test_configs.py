@@ -253,3 +253,6 @@ def test_runs_are_claimed_so_two_processes_can_share_a_table(tmp_path, monkeypat
     runs = [Run("r", c, (), {}, run_id) for c, run_id in (("a", "held"), ("b", "finished"), ("c", "free"))]
     assert launch.launch_local(runs, tmp_path) == []
     assert ran == ["free"] and not store.claim_path("free").exists()
+    ran.clear()
+    assert launch.launch_local(runs, tmp_path, rerun=True) == []  # rerun=true recomputes finished runs
+    assert ran == ["finished", "free"]
