@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["Profile", "phase", "rss_mib", "mark_worker_thread"]
+__all__ = ["Profile", "phase", "rss_mib", "mark_worker_thread", "peak_cell"]
 
 _ACTIVE: list["Profile"] = []
 _THREAD = threading.local()  # .worker: this thread is one of the driver's layer workers
@@ -94,10 +94,14 @@ class Profile:
 
     def table(self) -> str:
         lines = [f"{'phase':<14} {'calls':>6} {'seconds':>9} {'peak RSS MiB':>13}"]
-        lines += [f"{name:<14} {int(r['calls']):>6} {r['seconds']:>9.2f} "
-                  + (f"{r['peak_mib']:>13.0f}" if r["peak_mib"] else f"{'-':>13}")  # a worker thread's phase
+        lines += [f"{name:<14} {int(r['calls']):>6} {r['seconds']:>9.2f} {peak_cell(r['peak_mib'], 13)}"
                   for name, r in self.rows.items()]
         return "\n".join(lines)
+
+
+def peak_cell(peak_mib: float, width: int) -> str:
+    """A phase's peak RSS for a table column: '-' for a worker thread's phase (it records none)."""
+    return f"{peak_mib:>{width}.0f}" if peak_mib else f"{'-':>{width}}"
 
 
 def mark_worker_thread() -> None:

@@ -100,8 +100,7 @@ class Method:
     def identity(self) -> dict:
         """:meth:`describe` without the ``added_later`` parameters at their defaults (what a checkpoint
         is written for: a checkpoint from before such a parameter existed still resumes)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        return {k: v for k, v in self.describe().items() if not (k in self.added_later and v == defaults.get(k))}
+        return without_later_defaults(self.describe())
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -139,6 +138,16 @@ def parameters(name: str) -> dict[str, Any]:
     """A registered method's parameters and their defaults."""
     cls = method_class(name)
     return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def without_later_defaults(params: dict) -> dict:
+    """A method's parameters (``name`` among them) without its ``added_later`` ones at their defaults;
+    unknown methods are returned as they are."""
+    cls = discover().get(params.get("name"))
+    if cls is None:
+        return params
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    return {k: v for k, v in params.items() if not (k in cls.added_later and v == defaults.get(k))}
 
 
 def method_class(name: str) -> type[Method]:

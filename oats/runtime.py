@@ -34,13 +34,8 @@ def settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise RuntimeSettingError(f"runtime has unknown key(s) {sorted(unknown)}; allowed: {', '.join(KEYS)}")
     rt = {k: v for k, v in rt.items() if v is not None}
-    threads = rt.get("threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise RuntimeSettingError(f"runtime.threads={threads!r} must be a positive integer or null")
-    workers = rt.get("layer_workers")
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
-        raise RuntimeSettingError(f"runtime.layer_workers={workers!r} must be a positive integer or null (automatic: "
-                                  "2 for small layers on a CPU with 2 or more threads, else 1)")
+    for key in ("threads", "layer_workers"):
+        check_count(f"runtime.{key}", rt.get(key))
     isa = rt.get("cpu_capability")
     if isa is not None and isa not in CPU_CAPABILITIES:
         raise RuntimeSettingError(f"runtime.cpu_capability={isa!r}; allowed: {', '.join(CPU_CAPABILITIES)} or null")
@@ -52,6 +47,12 @@ def settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise RuntimeSettingError(f"runtime.mkl_cbwr={cbwr!r}; allowed: AUTO, COMPATIBLE, SSE4_2, AVX, AVX2, AVX512, "
                                   "AVX512_E1, AVX10 (optionally ',STRICT') or null")
     return rt
+
+
+def check_count(key: str, value: Any) -> None:
+    """A thread or worker count: a positive integer, or None (the machine's own choice)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise RuntimeSettingError(f"{key}={value!r} must be a positive integer or null")
 
 
 def environment(rt: Mapping[str, Any]) -> dict[str, str]:

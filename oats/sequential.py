@@ -33,7 +33,7 @@ from .models.lazy import disk_weights
 from .profile import mark_worker_thread, phase
 from .registry import Factors, Method, get_method
 from .report import CompressionReport, LayerRecord
-from .runtime import trim_heap
+from .runtime import check_count, trim_heap
 from .stats import LayerStats, collect_stats
 
 
@@ -67,10 +67,6 @@ class BlockJob:
         lin = self.block.get_submodule(unit.path)
         a, b = rows or (0, lin.out_features)
         return self.method.budget(b - a, lin.in_features, self.compression, self.nm)
-
-    def compress_unit(self, unit: Unit) -> None:
-        """Compress one linear (each part of a fused one on its own) with the method's per-layer function."""
-        self.compress_units([unit])
 
     def compress_units(self, units: list[Unit]) -> None:
         """Compress the linears ``units`` with the method's per-layer function (``workers`` parts at a
@@ -149,9 +145,8 @@ def layer_workers_for(blocks, plan, device: torch.device, requested: int | None)
     """Linears compressed at once: ``requested`` if given, else 2 on a CPU with at least 2 threads
     whose largest linear has at most :data:`SMALL_LAYER` weights (measured on SmolLM2-135M, 2 threads:
     OATS on a block's 7 linears 0.52 s one at a time, 0.43 s two at a time), else 1."""
+    check_count("layer_workers", requested)
     if requested is not None:
-        if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
-            raise ValueError(f"layer_workers={requested!r} must be a positive integer (or None: automatic)")
         return requested
     if device.type != "cpu" or torch.get_num_threads() < 2:
         return 1

@@ -102,11 +102,12 @@ def measure(spec: dict) -> dict:
 
 
 def phase_table(label: str, r: dict) -> str:
+    from oats.profile import peak_cell
+
     lines = [f"{label}: {r['seconds']:.1f} s compressing, peak RSS {r['peak_rss_mib']:.0f} MiB "
              f"(after load {r['rss_after_load_mib']:.0f} MiB)",
              f"  {'phase':<16}{'calls':>6}{'seconds':>10}{'peak RSS MiB':>14}"]
-    lines += [f"  {name:<16}{int(v['calls']):>6}{v['seconds']:>10.2f}"
-              + (f"{v['peak_mib']:>14.0f}" if v["peak_mib"] else f"{'-':>14}")
+    lines += [f"  {name:<16}{int(v['calls']):>6}{v['seconds']:>10.2f}{peak_cell(v['peak_mib'], 14)}"
               for name, v in r["phases"].items()]
     if any(not v["peak_mib"] for v in r["phases"].values()):
         lines.append("  (-: phases of the layer workers, thread-seconds summed over the workers)")

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from oats import runtime
 from oats.allocation import DEFAULT_SCORE
 from oats.hydra_configs import DENSE, register_configs
-from oats.registry import UnknownMethodError, method_class, parameters
+from oats.registry import without_later_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -148,13 +148,6 @@ class Repeat:
         return out
 
 
-def _added_later(name: Any) -> tuple[str, ...]:
-    try:
-        return method_class(name).added_later
-    except UnknownMethodError:
-        return ()
-
-
 def run_identity(config: Mapping[str, Any]) -> str:
     """Hash of the resolved config, without settings that do not change results.
 
@@ -177,10 +170,8 @@ def run_identity(config: Mapping[str, Any]) -> str:
     perplexity = (ident.get("eval") or {}).get("perplexity")
     if isinstance(perplexity, Mapping) and "blockwise" in perplexity:  # how it is computed, not what
         ident["eval"] = {**ident["eval"], "perplexity": {k: v for k, v in perplexity.items() if k != "blockwise"}}
-    method = ident.get("method") or {}
-    later = [k for k in _added_later(method.get("name")) if k in method and method[k] == parameters(method["name"])[k]]
-    if later:
-        ident["method"] = {k: v for k, v in method.items() if k not in later}
+    if ident.get("method"):
+        ident["method"] = without_later_defaults(ident["method"])
     if ident.get("method", {}).get("name") == DENSE:
         ident = {k: v for k, v in ident.items() if k not in ("compression", "nm", "owl", "data")}
     blob = json.dumps(ident, sort_keys=True, default=str)
