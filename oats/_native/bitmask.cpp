@@ -173,8 +173,8 @@ OATS_AVX512 inline __m512 avx512_load16_inside(const void* values, int bf16, int
 // Lane l of the result takes v's lane rank(l) (the set bits of m below l) where bit l of m is set, 0
 // elsewhere: vexpandps for fp32 values; for bf16 values (where the widening makes the loop compute-bound)
 // the same as one permute with an index built from two 8-bit table rows. Measured on this project's AMD
-// EPYC (Zen 4), decode of Llama-3-8B-sized layers from memory, interleaved A/B: the permute is 1.19-1.36x
-// faster for bf16 values and 2-4% slower for fp32 (there the loop waits on memory, not on the expand).
+// EPYC (Zen 4), decode of Llama-3-8B-sized layers from memory, interleaved A/B: the permute is 1.21-1.43x
+// faster for bf16 values and 1-4% slower for fp32 (there the loop waits on memory, not on the expand).
 OATS_AVX512 inline __m512 avx512_expand(uint16_t m, __m512 v, int bf16) {
   if (!bf16) return _mm512_maskz_expand_ps(m, v);
   const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.perm[m & 0xFF]));
@@ -319,6 +319,17 @@ struct Avx2Rows {
     rows_avx2<NT>(values, bf16, mask, p, end, d_in, x, out, out_stride, accumulate);
   }
 };
+
+// Row i of S (mask row mrow, first value at off) against n tokens on the given ISA path: y[t * d_out + i].
+void row_on_isa(int isa, const void* values, int bf16, const uint8_t* mrow, int64_t off, int64_t nnz, int64_t d_in,
+                const float* x, int64_t n, float* y, int64_t d_out, int64_t i, int accumulate) {
+  if (isa == 3)
+    row_all_tokens<Avx512Rows>(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
+  else if (isa == 2)
+    row_all_tokens<Avx2Rows>(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
+  else
+    row_scalar(values, bf16, mrow, off, d_in, x, n, y, d_out, i, accumulate);
+}
 
 OATS_AVX512 void expand_row_avx512(const void* values, int bf16, const uint8_t* mask, int64_t p, int64_t end,
                                    int64_t d_in, float* o) {
@@ -468,17 +479,8 @@ int oats_bitmask_matmul(const void* values, int bf16, const uint8_t* bitmask, co
     return isa;
   }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-  for (int64_t i = 0; i < d_out; ++i) {
-    const uint8_t* mrow = bitmask + i * stride;
-    const int64_t off = row_offsets[i];
-    if (isa == 3) {
-      row_all_tokens<Avx512Rows>(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
-    } else if (isa == 2) {
-      row_all_tokens<Avx2Rows>(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
-    } else {
-      row_scalar(values, bf16, mrow, off, d_in, x, n, y, d_out, i, accumulate);
-    }
-  }
+  for (int64_t i = 0; i < d_out; ++i)
+    row_on_isa(isa, values, bf16, bitmask + i * stride, row_offsets[i], nnz, d_in, x, n, y, d_out, i, accumulate);
   return isa;
 }
 
@@ -504,15 +506,8 @@ int oats_bitmask_lowrank_decode(const void* values, int bf16, const uint8_t* bit
       if (isa == 3 && rows == R) {
         block_one_token_avx512<R>(values, bf16, bitmask, stride, row_offsets, nnz, d_out, d_in, i, x, s, 0);
       } else {
-        for (int64_t k = 0; k < rows; ++k) {
-          const uint8_t* mrow = bitmask + (i + k) * stride;
-          if (isa == 3)
-            rows_avx512<1>(values, bf16, mrow, row_offsets[i + k], nnz, d_in, x, s + k, 1, 0);
-          else if (isa == 2)
-            rows_avx2<1>(values, bf16, mrow, row_offsets[i + k], nnz, d_in, x, s + k, 1, 0);
-          else
-            row_scalar(values, bf16, mrow, row_offsets[i + k], d_in, x, 1, s + k, 1, 0, 0);
-        }
+        for (int64_t k = 0; k < rows; ++k)  // row i + k's sum into s[k]
+          row_on_isa(isa, values, bf16, bitmask + (i + k) * stride, row_offsets[i + k], nnz, d_in, x, 1, s, 1, k, 0);
       }
       for (int64_t k = 0; k < rows; ++k) {
         const float v = s[k] + dot(isa, row_ptr(U, factors_bf16, i + k, r), factors_bf16, z, r);
