@@ -18,7 +18,8 @@ import torch
 __all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_lowrank_decode",
            "bitmask_spmm", "bitmask_to_dense"]
 
-ISAS = {"scalar": 1, "avx2": 2, "avx512": 3}  # the bitmask kernels' instruction-set paths
+ISAS = {"scalar": 1, "avx2": 2, "avx512": 3, "avx512vbmi2": 4}  # the bitmask kernels' instruction-set paths
+# (avx512vbmi2: AVX-512 with vpexpandw, which one-token products with bf16 values use; the same as avx512 otherwise)
 _ISA_NAMES = {code: name for name, code in ISAS.items()}
 
 
@@ -99,7 +100,8 @@ def _lib() -> ctypes.CDLL:
 
 
 def best_isa() -> str:
-    """The bitmask kernels' best instruction-set path on this CPU: ``avx512``, ``avx2`` or ``scalar``."""
+    """The bitmask kernels' best instruction-set path on this CPU: ``avx512vbmi2``, ``avx512``, ``avx2`` or
+    ``scalar``."""
     code = _lib().oats_best_isa()
     return _ISA_NAMES[code]
 
@@ -126,8 +128,8 @@ def bitmask_matmul(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: tor
     """``x S^T`` for S in the bitmask format (:class:`oats.sparse_format.BitmaskTensor`'s arrays): (y, isa used).
 
     x: (n, d_in) fp32 contiguous. values fp32 or bf16. ``out``: (n, d_out) fp32 to write into, or to add to
-    with ``accumulate``. ``isa``: ``avx512``, ``avx2`` or ``scalar`` (capped at what the CPU has; default
-    the best, or the environment's ``OATS_ISA``). Unchecked layout: callers pass a BitmaskTensor's own arrays.
+    with ``accumulate``. ``isa``: one of :data:`ISAS` (capped at what the CPU has; default the best, or the
+    environment's ``OATS_ISA``). Unchecked layout: callers pass a BitmaskTensor's own arrays.
     """
     lib = _lib()
     n = x.shape[0]

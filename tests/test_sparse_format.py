@@ -8,8 +8,7 @@ from oats.sparse_format import BitmaskTensor
 from oats.speed.bitmask_engine import BitmaskLinear
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
-ISAS = [i for i in ("scalar", "avx2", "avx512")
-        if native.available() and native.ISAS[i] <= native.ISAS[native.best_isa()]]
+ISAS = [i for i in native.ISAS if native.available() and native.ISAS[i] <= native.ISAS[native.best_isa()]]
 
 
 def sparse_matrix(d_out, d_in, density, seed=0, pattern=None):
@@ -27,7 +26,8 @@ def sparse_matrix(d_out, d_in, density, seed=0, pattern=None):
 
 
 SHAPES = [(1, 1, 1), (5, 3, 1), (7, 17, 3), (33, 100, 9), (16, 31, 20), (64, 257, 1), (40, 64, 8), (24, 48, 2),
-          (8, 48, 1), (9, 40, 1), (6, 24, 1)]  # n = 1: the decode path (odd and even chunk counts, tails)
+          (8, 48, 1), (9, 40, 1), (6, 24, 1),  # n = 1: the decode path (odd and even chunk counts, tails)
+          (5, 64, 1), (7, 96, 1), (9, 130, 1), (33, 200, 1), (12, 1000, 1), (3, 161, 1)]  # 64-column words, 32-groups
 
 
 def test_layout_is_compressed_tensors_sparse_bitmask():
@@ -78,7 +78,7 @@ def test_kernel_matches_pytorch(d_out, d_in, n, dtype, isa):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d_out,d_in,r", [(1, 1, 1), (5, 3, 2), (9, 40, 0), (37, 53, 5), (64, 257, 1), (130, 96, 33),
-                                          (8, 48, 70)])  # 4-row blocks and leftovers, column tails, r > d_in
+                                          (8, 48, 70), (20, 1000, 130), (11, 161, 64)])  # tails, r > d_in
 def test_lowrank_decode_matches_pytorch(d_out, d_in, r, dtype, isa):
     """One token through S + U V in one native call: S x + U (V x) within the fp32 bound, y += with accumulate."""
     g = torch.Generator().manual_seed(d_out + d_in)

@@ -9,49 +9,35 @@
 // One bit per weight plus the kept values: at density p the bytes per weight are 1/8 + 4p (fp32), so
 // the format reads fewer bytes than dense whenever p < 0.97, whatever the pattern (N:M included).
 //
-// oats_bitmask_matmul: y (n x d_out) = x (n x d_in) S^T, or y += x S^T. Rows of S are split over
-// OpenMP threads; each row's mask word selects the lanes its next popcount values go to (AVX-512:
-// one 16-bit mask word, a load and a masked expand per 16 columns; AVX2: 8 columns, a permutation
-// from a 256-entry table), then one FMA per token of a group of up to 8 tokens, fp32 accumulation.
-// One token on AVX-512 (decode) takes 4 rows per step, sharing each chunk of x. The instruction set
-// is chosen at run time (isa 0 = best available). Returns the ISA used (1 scalar, 2 AVX2, 3 AVX-512).
+// oats_bitmask_matmul: y (n x d_out) = x (n x d_in) S^T, or y += x S^T. One token on AVX-512 is decode
+// (decode.cpp: each thread streams a contiguous range of rows, prefetched). More tokens: rows of S split
+// over OpenMP threads; each row's mask word selects the lanes its next popcount values go to (AVX-512:
+// one 16-bit mask word, a load and a masked expand per 16 columns; AVX2: 8 columns, a permutation from a
+// 256-entry table), then one FMA per token of a group of up to 8 tokens, fp32 accumulation. The
+// instruction set is chosen at run time (isa 0 = best available). Returns the ISA used (simd.h's Isa:
+// 1 scalar, 2 AVX2, 3 AVX-512, 4 AVX-512 with VBMI2).
 //
 // oats_bitmask_spmm: the prefill product (AVX-512): walks each row's set bits, each value broadcast
 // into FMAs over a chunk of up to 64 tokens (work proportional to the nonzeros).
 //
 // oats_bitmask_lowrank_decode: one token through a sparse + low-rank layer, y = S x + U (V x), in one
-// OpenMP region: z = V x (r dense dot products, split over threads), then each block of rows of S with
-// its rows of U (the dot U_i . z right after row i's sparse sum, so y is written once). V (r x d_in) and
-// U (d_out x r) are dense row-major, fp32 or bf16. This keeps the factors' two dense gemvs on the
-// kernels' own threads (a BLAS call after the kernel would meet OpenMP threads still spinning).
+// OpenMP region: z = V x (r dense dot products, split over threads), then each row of S with its row of
+// U (the dot U_i . z right after row i's sparse sum, so y is written once). V (r x d_in) and U (d_out x r)
+// are dense row-major, fp32 or bf16. This keeps the factors' two dense gemvs on the kernels' own threads
+// (a BLAS call after the kernel would meet OpenMP threads still spinning).
 //
 // oats_bitmask_to_dense: rows [r0, r1) of S as a dense fp32 (r1 - r0) x d_in block, by the same expand
 // (for prefill, where a tile of rows is expanded then multiplied by a dense GEMM). Returns the ISA used.
-#include <immintrin.h>
+#include "simd.h"
 
-#include <cstdint>
-#include <cstring>
-
+namespace oats_native {
 namespace {
 
 constexpr int kTokens = 8;  // tokens per register group
 
-inline uint32_t bf16_bits_to_f32_bits(uint16_t v) { return static_cast<uint32_t>(v) << 16; }
-
-inline float value_at(const void* values, int bf16, int64_t p) {
-  if (!bf16) return static_cast<const float*>(values)[p];
-  uint32_t bits = bf16_bits_to_f32_bits(static_cast<const uint16_t*>(values)[p]);
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// Prefetch of the packed values a fixed distance ahead of p (the mask rows use the same distance).
-// Decode reads several value streams per core (4 rows at once, and their 4 mask rows), more than the
-// hardware prefetcher keeps ahead of: measured on this project's AMD EPYC (2 threads, one token
-// through a 14336 x 4096 layer at 60% density, fp32), 5.8-6.8 ms without, 3.6-3.9 ms with the values prefetched (256 B ahead: about the
-// same, 1024 B: slower at 70% density), 3.3-3.4 ms with the mask rows too (at 30% density: 3.4 ->
-// 2.5 ms). Prefetches never fault, so reading ahead past the last row is harmless.
+// Prefetch of the packed values a fixed distance ahead of p, in the batch kernels (a few tokens share
+// each row's values; decode.cpp streams its rows with the Ahead cursor instead). Prefetches never
+// fault, so reading ahead past the last row is harmless.
 #ifndef OATS_PREFETCH_BYTES
 #define OATS_PREFETCH_BYTES 512
 #endif
@@ -75,23 +61,6 @@ void row_scalar(const void* values, int bf16, const uint8_t* mask, int64_t off, 
 }
 
 // ---------------------------------------------------------------- AVX2
-struct Avx2Tables {
-  int32_t perm[256][8];  // lane l takes packed value perm[m][l] (its rank among the set bits below it)
-  int32_t lanes[256][8];  // -1 where bit l of m is set
-  Avx2Tables() {
-    for (int m = 0; m < 256; ++m) {
-      int r = 0;
-      for (int l = 0; l < 8; ++l) {
-        const bool on = m >> l & 1;
-        perm[m][l] = on ? r : 0;
-        lanes[m][l] = on ? -1 : 0;
-        r += on;
-      }
-    }
-  }
-};
-const Avx2Tables kAvx2;
-
 __attribute__((target("avx2,fma"))) inline __m256 avx2_load8(const void* values, int bf16, int64_t p, int64_t end) {
   if (p + 8 <= end) {
     if (!bf16) return _mm256_loadu_ps(static_cast<const float*>(values) + p);
@@ -106,8 +75,8 @@ __attribute__((target("avx2,fma"))) inline __m256 avx2_load8(const void* values,
 // The weights of 8 columns (mask byte m) with the packed values at p expanded into their lanes.
 __attribute__((target("avx2,fma"))) inline __m256 avx2_weights(const void* values, int bf16, unsigned m, int64_t p,
                                                                 int64_t end) {
-  const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.perm[m]));
-  const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.lanes[m])));
+  const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.perm[m]));
+  const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.lanes[m])));
   return _mm256_and_ps(_mm256_permutevar8x32_ps(avx2_load8(values, bf16, p, end), idx), on);
 }
 
@@ -150,7 +119,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const void* values, int bf16,
   }
   if (rem) {
     const unsigned m = mask[full] & ((1u << rem) - 1);
-    const __m256i on = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.lanes[m]));
+    const __m256i on = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.lanes[m]));
     const __m256 w = avx2_weights(values, bf16, m, p, end);
     for (int t = 0; t < NT; ++t)  // masked load: only the lanes inside the row are read
       acc[t] = _mm256_fmadd_ps(w, _mm256_maskload_ps(x + t * d_in + full * 8, on), acc[t]);
@@ -164,40 +133,6 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const void* values, int bf16,
 }
 
 // ---------------------------------------------------------------- AVX-512
-#define OATS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
-
-// The values at p .. min(p + 16, end) - 1, zeros after. Nothing is read at or past the end: a masked
-// load with an empty mask at an address past the allocation costs a fault-suppression assist on AMD
-// (measured here: one token through a 4096 x 4096 layer with no nonzeros, 30 ms before, 1.0 ms after).
-OATS_AVX512 inline __m512 avx512_load16(const void* values, int bf16, int64_t p, int64_t end) {
-  if (p >= end) return _mm512_setzero_ps();
-  const __mmask16 k = p + 16 <= end ? static_cast<__mmask16>(0xFFFF)
-                                    : static_cast<__mmask16>((1u << (end > p ? end - p : 0)) - 1);
-  if (!bf16) return _mm512_maskz_loadu_ps(k, static_cast<const float*>(values) + p);
-  __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(values) + p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-// 16 values from p on, with no bound check: only where p + 16 <= the array's end is known.
-OATS_AVX512 inline __m512 avx512_load16_inside(const void* values, int bf16, int64_t p) {
-  if (!bf16) return _mm512_loadu_ps(static_cast<const float*>(values) + p);
-  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(values) + p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-// Lane l of the result takes v's lane rank(l) (the set bits of m below l) where bit l of m is set, 0
-// elsewhere: vexpandps for fp32 values; for bf16 values (where the widening makes the loop compute-bound)
-// the same as one permute with an index built from two 8-bit table rows. Measured on this project's AMD
-// EPYC (Zen 4), decode of Llama-3-8B-sized layers from memory, interleaved A/B: the permute is 1.21-1.43x
-// faster for bf16 values and 1-4% slower for fp32 (there the loop waits on memory, not on the expand).
-OATS_AVX512 inline __m512 avx512_expand(uint16_t m, __m512 v, int bf16) {
-  if (!bf16) return _mm512_maskz_expand_ps(m, v);
-  const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.perm[m & 0xFF]));
-  const __m256i hi = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.perm[m >> 8])),
-                                      _mm256_set1_epi32(__builtin_popcount(m & 0xFF)));
-  return _mm512_maskz_permutexvar_ps(m, _mm512_inserti32x8(_mm512_castsi256_si512(lo), hi, 1), v);
-}
-
 // NT tokens (compile-time: the accumulators stay in registers); one token uses two accumulators
 // over alternate chunks so that consecutive FMAs do not wait on each other.
 template <int NT>
@@ -246,63 +181,6 @@ OATS_AVX512 void rows_avx512(const void* values, int bf16, const uint8_t* mask, 
   }
 }
 
-// One token, R rows at once (decode): each x chunk is loaded once for R rows, and R independent value
-// streams and accumulators keep the core busy while the next values arrive from memory.
-template <int R, bool kChecked = true>
-OATS_AVX512 void rows_one_token_avx512(const void* values, int bf16, const uint8_t* mask, int64_t stride,
-                                       const int64_t* offsets, int64_t end, int64_t d_in, const float* x, float* y,
-                                       int accumulate) {
-  const int64_t full = d_in / 16, rem = d_in % 16;
-  __m512 acc[R];
-  int64_t p[R];
-  for (int r = 0; r < R; ++r) {
-    acc[r] = _mm512_setzero_ps();
-    p[r] = offsets[r];
-  }
-  for (int64_t c = 0; c < full; ++c) {
-    const __m512 xv = _mm512_loadu_ps(x + 16 * c);
-    for (int r = 0; r < R; ++r) {
-      uint16_t m;
-      std::memcpy(&m, mask + r * stride + 2 * c, 2);
-      const __m512 v = kChecked ? avx512_load16(values, bf16, p[r], end) : avx512_load16_inside(values, bf16, p[r]);
-      prefetch_values(values, bf16, p[r]);
-      if ((c & 31) == 0)  // the row's mask bytes, a line (32 chunks) at a time, as far ahead as the values
-        _mm_prefetch(reinterpret_cast<const char*>(mask + r * stride + 2 * c) + OATS_PREFETCH_BYTES, _MM_HINT_T0);
-      acc[r] = _mm512_fmadd_ps(avx512_expand(m, v, bf16), xv, acc[r]);
-      p[r] += __builtin_popcount(m);
-    }
-  }
-  if (rem) {
-    const __mmask16 lanes = static_cast<__mmask16>((1u << rem) - 1);
-    const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + 16 * full);
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* mr = mask + r * stride;
-      uint16_t m = mr[2 * full];
-      if (rem > 8) m |= static_cast<uint16_t>(mr[2 * full + 1]) << 8;
-      acc[r] = _mm512_fmadd_ps(avx512_expand(m & lanes, avx512_load16(values, bf16, p[r], end), bf16), xv, acc[r]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    const float v = _mm512_reduce_add_ps(acc[r]);
-    y[r] = accumulate ? y[r] + v : v;
-  }
-}
-
-// Rows i .. i + R - 1 of S (all inside the matrix) against one token; the loads go unchecked when the
-// block's last row ends 16 values or more before the end of the values array.
-template <int R>
-OATS_AVX512 void block_one_token_avx512(const void* values, int bf16, const uint8_t* bitmask, int64_t stride,
-                                        const int64_t* row_offsets, int64_t nnz, int64_t d_out, int64_t d_in,
-                                        int64_t i, const float* x, float* out, int accumulate) {
-  const int64_t end_of_block = i + R < d_out ? row_offsets[i + R] : nnz;
-  if (end_of_block + 16 <= nnz)
-    rows_one_token_avx512<R, false>(values, bf16, bitmask + i * stride, stride, row_offsets + i, nnz, d_in, x, out,
-                                    accumulate);
-  else
-    rows_one_token_avx512<R>(values, bf16, bitmask + i * stride, stride, row_offsets + i, nnz, d_in, x, out,
-                             accumulate);
-}
-
 // Row i of S against every token, in register groups of up to kTokens.
 template <template <int> class Rows>
 void row_all_tokens(const void* values, int bf16, const uint8_t* mask, int64_t off, int64_t end, int64_t d_in,
@@ -343,9 +221,9 @@ struct Avx2Rows {
 // Row i of S (mask row mrow, first value at off) against n tokens on the given ISA path: y[t * d_out + i].
 void row_on_isa(int isa, const void* values, int bf16, const uint8_t* mrow, int64_t off, int64_t nnz, int64_t d_in,
                 const float* x, int64_t n, float* y, int64_t d_out, int64_t i, int accumulate) {
-  if (isa == 3)
+  if (isa >= kAvx512)
     row_all_tokens<Avx512Rows>(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
-  else if (isa == 2)
+  else if (isa == kAvx2)
     row_all_tokens<Avx2Rows>(values, bf16, mrow, off, nnz, d_in, x, n, y, d_out, i, accumulate);
   else
     row_scalar(values, bf16, mrow, off, d_in, x, n, y, d_out, i, accumulate);
@@ -373,8 +251,8 @@ __attribute__((target("avx2,fma"))) void expand_row_avx2(const void* values, int
   const int64_t full = d_in / 8;
   for (int64_t c = 0; c < full; ++c) {
     const unsigned m = mask[c];
-    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.perm[m]));
-    const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2.lanes[m])));
+    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.perm[m]));
+    const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.lanes[m])));
     _mm256_storeu_ps(o + 8 * c, _mm256_and_ps(_mm256_permutevar8x32_ps(avx2_load8(values, bf16, p, end), idx), on));
     p += __builtin_popcount(m);
   }
@@ -454,8 +332,8 @@ OATS_AVX512 float dot_avx512(const void* a, int bf16, const float* x, int64_t le
 }
 
 float dot(int isa, const void* a, int bf16, const float* x, int64_t len) {
-  if (isa == 3) return dot_avx512(a, bf16, x, len);
-  if (isa == 2) return dot_avx2(a, bf16, x, len);
+  if (isa >= kAvx512) return dot_avx512(a, bf16, x, len);
+  if (isa == kAvx2) return dot_avx2(a, bf16, x, len);
   return dot_scalar(a, bf16, x, len);
 }
 
@@ -463,16 +341,10 @@ inline const void* row_ptr(const void* base, int bf16, int64_t row, int64_t len)
   return static_cast<const char*>(base) + row * len * (bf16 ? 2 : 4);
 }
 
-int best_isa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq"))
-    return 3;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 2;
-  return 1;
-}
-
 }  // namespace
+}  // namespace oats_native
+
+using namespace oats_native;
 
 extern "C" {
 
@@ -481,25 +353,13 @@ int oats_best_isa() { return best_isa(); }
 int oats_bitmask_matmul(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets,
                         int64_t nnz, int64_t d_out, int64_t d_in, const float* x, int64_t n, float* y, int accumulate,
                         int isa, int nthreads) {
-  const int best = best_isa();
-  if (isa <= 0 || isa > best) isa = best;
-  const int64_t stride = (d_in + 7) / 8;
-  if (n == 1 && isa == 3) {  // decode: blocks of 4 rows
-    constexpr int R = 4;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t b = 0; b < (d_out + R - 1) / R; ++b) {
-      const int64_t i = b * R;
-      if (i + R <= d_out) {
-        block_one_token_avx512<R>(values, bf16, bitmask, stride, row_offsets, nnz, d_out, d_in, i, x, y + i,
-                                  accumulate);
-      } else {
-        for (int64_t k = i; k < d_out; ++k)
-          rows_one_token_avx512<1>(values, bf16, bitmask + k * stride, stride, row_offsets + k, nnz, d_in, x, y + k,
-                                   accumulate);
-      }
-    }
+  isa = pick_isa(isa);
+  if (n == 1 && isa >= kAvx512) {  // decode (decode.cpp)
+    decode_one_token_avx512({values, bf16, bitmask, row_offsets, nnz, d_out, d_in}, isa, x, y, accumulate, nullptr,
+                            nthreads);
     return isa;
   }
+  const int64_t stride = (d_in + 7) / 8;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t i = 0; i < d_out; ++i)
     row_on_isa(isa, values, bf16, bitmask + i * stride, row_offsets[i], nnz, d_in, x, n, y, d_out, i, accumulate);
@@ -512,34 +372,24 @@ int oats_bitmask_lowrank_decode(const void* values, int bf16, const uint8_t* bit
                                 int64_t nnz, int64_t d_out, int64_t d_in, const float* x, float* y, int accumulate,
                                 const void* V, const void* U, int factors_bf16, int64_t r, float* z, int isa,
                                 int nthreads) {
-  const int best = best_isa();
-  if (isa <= 0 || isa > best) isa = best;
+  isa = pick_isa(isa);
+  if (isa >= kAvx512) {  // decode.cpp
+    decode_one_token_avx512({values, bf16, bitmask, row_offsets, nnz, d_out, d_in, U, V, factors_bf16, r}, isa, x, y,
+                            accumulate, z, nthreads);
+    return isa;
+  }
   const int64_t stride = (d_in + 7) / 8;
-  constexpr int R = 4;
 #pragma omp parallel num_threads(nthreads)
   {
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < r; ++k) z[k] = dot(isa, row_ptr(V, factors_bf16, k, d_in), factors_bf16, x, d_in);
     // the implicit barrier: z is complete before any row reads it
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < (d_out + R - 1) / R; ++b) {
-      const int64_t i = b * R, rows = i + R <= d_out ? R : d_out - i;
-      {  // this block's rows of U, on their way while its sparse rows are summed (OATS decode measured 3-14% faster)
-        const char* u = static_cast<const char*>(row_ptr(U, factors_bf16, i, r));
-        const int64_t bytes = rows * r * (factors_bf16 ? 2 : 4);
-        for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(u + o, _MM_HINT_T0);
-      }
-      float s[R];
-      if (isa == 3 && rows == R) {
-        block_one_token_avx512<R>(values, bf16, bitmask, stride, row_offsets, nnz, d_out, d_in, i, x, s, 0);
-      } else {
-        for (int64_t k = 0; k < rows; ++k)  // row i + k's sum into s[k]
-          row_on_isa(isa, values, bf16, bitmask + (i + k) * stride, row_offsets[i + k], nnz, d_in, x, 1, s, 1, k, 0);
-      }
-      for (int64_t k = 0; k < rows; ++k) {
-        const float v = s[k] + dot(isa, row_ptr(U, factors_bf16, i + k, r), factors_bf16, z, r);
-        y[i + k] = accumulate ? y[i + k] + v : v;
-      }
+    for (int64_t i = 0; i < d_out; ++i) {
+      float s;
+      row_on_isa(isa, values, bf16, bitmask + i * stride, row_offsets[i], nnz, d_in, x, 1, &s, 1, 0, 0);
+      const float v = s + dot(isa, row_ptr(U, factors_bf16, i, r), factors_bf16, z, r);
+      y[i] = accumulate ? y[i] + v : v;
     }
   }
   return isa;
@@ -549,7 +399,7 @@ int oats_bitmask_lowrank_decode(const void* values, int bf16, const uint8_t* bit
 // token chunk of up to 64 at a time. AVX-512 only: returns 3, or 0 (nothing computed) on other CPUs.
 int oats_bitmask_spmm(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets, int64_t d_out,
                       int64_t d_in, const float* xt, int64_t n, float* yt, int accumulate, int nthreads) {
-  if (best_isa() < 3) return 0;
+  if (best_isa() < kAvx512) return 0;
   const int64_t stride = (d_in + 7) / 8;
   for (int64_t t0 = 0; t0 < n; t0 += 64) {
     const int64_t nt = n - t0 < 64 ? n - t0 : 64;
@@ -574,17 +424,16 @@ int oats_bitmask_spmm(const void* values, int bf16, const uint8_t* bitmask, cons
 
 int oats_bitmask_to_dense(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets,
                           int64_t nnz, int64_t r0, int64_t r1, int64_t d_in, float* out, int isa, int nthreads) {
-  const int best = best_isa();
-  if (isa <= 0 || isa > best) isa = best;
+  isa = pick_isa(isa);
   const int64_t stride = (d_in + 7) / 8;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t i = r0; i < r1; ++i) {
     const uint8_t* mrow = bitmask + i * stride;
     float* o = out + (i - r0) * d_in;
     int64_t p = row_offsets[i];
-    if (isa == 3) {
+    if (isa >= kAvx512) {
       expand_row_avx512(values, bf16, mrow, p, nnz, d_in, o);
-    } else if (isa == 2) {
+    } else if (isa == kAvx2) {
       expand_row_avx2(values, bf16, mrow, p, nnz, d_in, o);
     } else {
       for (int64_t j = 0; j < d_in; ++j) o[j] = (mrow[j >> 3] >> (j & 7) & 1) ? value_at(values, bf16, p++) : 0.0f;
