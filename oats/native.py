@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 
 __all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_lowrank_decode",
-           "bitmask_spmm", "bitmask_to_dense"]
+           "bitmask_spmm", "bitmask_to_dense", "dense_matmul"]
 
 ISAS = {"scalar": 1, "avx2": 2, "avx512": 3, "avx512vbmi2": 4}  # the bitmask kernels' instruction-set paths
 # (avx512vbmi2: AVX-512 with vpexpandw, which one-token products with bf16 values use; the same as avx512 otherwise)
@@ -48,6 +48,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.oats_bitmask_lowrank_decode.argtypes = [P, INT, P, P, I64, I64, I64, P, P, INT, P, P, INT, I64, P, INT, INT]
     lib.oats_bitmask_spmm.restype = INT
     lib.oats_bitmask_spmm.argtypes = [P, INT, P, P, I64, I64, P, I64, P, INT, INT]
+    lib.oats_dense_matmul.restype = INT
+    lib.oats_dense_matmul.argtypes = [P, INT, I64, I64, P, I64, P, INT, INT, INT]
     lib.oats_bitmask_to_dense.restype = INT
     lib.oats_bitmask_to_dense.argtypes = [P, INT, P, P, I64, I64, I64, I64, P, INT, INT]
     return lib, f"built ({os.path.basename(spec.origin)})"
@@ -204,3 +206,27 @@ def bitmask_to_dense(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: t
                               row_offsets.data_ptr(), values.numel(), r0, r1, d_in, out.data_ptr(), _isa_code(isa),
                               torch.get_num_threads())
     return out
+
+
+def dense_matmul(W: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False,
+                 isa: str | None = None) -> tuple[torch.Tensor, str]:
+    """``x W^T`` for a dense W (d_out, d_in), fp32 or bf16, contiguous; x (n, d_in) fp32 contiguous: (y, isa used).
+
+    One token on AVX-512 streams W with software prefetch (the dense engine the sparse ones are measured
+    against); more tokens take one dot product per row and token (use a BLAS GEMM for those). fp32
+    accumulation, x stays fp32. ``out`` / ``accumulate`` / ``isa`` as in :func:`bitmask_matmul`.
+    """
+    lib = _lib()
+    if W.dim() != 2 or not W.is_contiguous():
+        raise ValueError(f"dense_matmul takes a contiguous 2-D weight, got {tuple(W.shape)}")
+    d_out, d_in = W.shape
+    if x.dim() != 2 or x.shape[1] != d_in or x.dtype != torch.float32 or not x.is_contiguous():
+        raise ValueError(f"dense_matmul: x must be contiguous fp32 (n, {d_in}), got {x.dtype} {tuple(x.shape)}")
+    n = x.shape[0]
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs an out tensor to add to")
+        out = torch.empty(n, d_out, dtype=torch.float32)
+    used = lib.oats_dense_matmul(W.data_ptr(), _check_values(W), d_out, d_in, x.data_ptr(), n, out.data_ptr(),
+                                 int(accumulate), _isa_code(isa), torch.get_num_threads())
+    return out, _ISA_NAMES[used]

@@ -225,3 +225,22 @@ def test_fp16_values_are_stored_but_never_handed_to_the_kernels():
     if native.available():
         with pytest.raises(ValueError, match="fp32 or bf16 CPU values"):
             native.bitmask_matmul(b.values, b.bitmask, b.row_offsets, 20, x)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d_out,d_in,n", [(1, 1, 1), (5, 3, 1), (37, 161, 1), (64, 1000, 1), (9, 70, 3), (3, 96, 1)])
+def test_dense_kernel_matches_pytorch(d_out, d_in, n, dtype, isa):
+    """The native dense engine's gemv (the baseline the sparse kernels are timed against) within the fp32 bound."""
+    g = torch.Generator().manual_seed(d_in)
+    W, x = torch.randn(d_out, d_in, generator=g).to(dtype), torch.randn(n, d_in, generator=g)
+    y, used = native.dense_matmul(W, x, isa=isa)
+    assert used == isa and y.shape == (n, d_out)
+    ref, scale = x.double() @ W.double().T, x.double().abs() @ W.double().abs().T
+    assert float(((y.double() - ref).abs() / scale.clamp_min(1e-30)).max()) < 1e-5
+    y2 = torch.ones(n, d_out)
+    native.dense_matmul(W, x, out=y2, accumulate=True, isa=isa)
+    assert torch.allclose(y2, y + 1, atol=1e-5 * float(scale.max()) + 1e-6)
+    with pytest.raises(ValueError, match=rf"x must be contiguous fp32 \(n, {d_in}\)"):
+        native.dense_matmul(W, torch.randn(n, d_in + 1))

@@ -26,6 +26,9 @@
 // are dense row-major, fp32 or bf16. This keeps the factors' two dense gemvs on the kernels' own threads
 // (a BLAS call after the kernel would meet OpenMP threads still spinning).
 //
+// oats_dense_matmul: y (n x d_out) = x W^T (or +=) for a dense W (d_out x d_in), fp32 or bf16: one token on
+// AVX-512 streams W (decode.cpp), more tokens take a dot product per row and token.
+//
 // oats_bitmask_to_dense: rows [r0, r1) of S as a dense fp32 (r1 - r0) x d_in block, by the same expand
 // (for prefill, where a tile of rows is expanded then multiplied by a dense GEMM). Returns the ISA used.
 #include "simd.h"
@@ -420,6 +423,23 @@ int oats_bitmask_spmm(const void* values, int bf16, const uint8_t* bitmask, cons
     }
   }
   return 3;
+}
+
+int oats_dense_matmul(const void* W, int bf16, int64_t d_out, int64_t d_in, const float* x, int64_t n, float* y,
+                      int accumulate, int isa, int nthreads) {
+  isa = pick_isa(isa);
+  if (n == 1 && isa >= kAvx512) {
+    dense_one_token_avx512(W, bf16, d_out, d_in, x, y, accumulate, nthreads);
+    return isa;
+  }
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t i = 0; i < d_out; ++i)
+    for (int64_t t = 0; t < n; ++t) {
+      const float v = dot(isa, row_ptr(W, bf16, i, d_in), bf16, x + t * d_in, d_in);
+      float* o = y + t * d_out + i;
+      *o = accumulate ? *o + v : v;
+    }
+  return isa;
 }
 
 int oats_bitmask_to_dense(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets,

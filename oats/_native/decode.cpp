@@ -172,12 +172,14 @@ void unpack_order(const float* x, int64_t len, float* out) {
   for (int64_t j = 32 * groups; j < len; ++j) out[j] = x[j];
 }
 
-// --------------------------------------------------------------- dense rows (the factors)
+// --------------------------------------------------------------- dense rows (factors, dense layers)
+// a . x over len columns, the lines of a prefetched kAhead bytes ahead.
+template <int64_t kAhead>
 OATS_AVX512 float dense_dot_f32(const float* a, const float* x, int64_t len) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t j = 0;
   for (; j + 64 <= len; j += 64) {
-    for (int q = 0; q < 64; q += 16) _mm_prefetch(reinterpret_cast<const char*>(a + j + q) + kFactorsAhead, _MM_HINT_T0);
+    for (int q = 0; q < 64; q += 16) _mm_prefetch(reinterpret_cast<const char*>(a + j + q) + kAhead, _MM_HINT_T0);
     a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(x + j), a0);
     a1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 16), _mm512_loadu_ps(x + j + 16), a1);
     a2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 32), _mm512_loadu_ps(x + j + 32), a2);
@@ -191,12 +193,13 @@ OATS_AVX512 float dense_dot_f32(const float* a, const float* x, int64_t len) {
 }
 
 // a (bf16) . x with xp = x in unpack order (unpack_order): 32 columns per load, two unpacks.
+template <int64_t kAhead>
 OATS_AVX512 float dense_dot_bf16(const uint16_t* a, const float* xp, int64_t len) {
   const __m512i zero = _mm512_setzero_si512();
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t j = 0;
   for (; j + 64 <= len; j += 64) {
-    for (int q = 0; q < 64; q += 32) _mm_prefetch(reinterpret_cast<const char*>(a + j + q) + kFactorsAhead, _MM_HINT_T0);
+    for (int q = 0; q < 64; q += 32) _mm_prefetch(reinterpret_cast<const char*>(a + j + q) + kAhead, _MM_HINT_T0);
     const __m512i v0 = _mm512_loadu_si512(a + j), v1 = _mm512_loadu_si512(a + j + 32);
     a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, v0)), _mm512_loadu_ps(xp + j), a0);
     a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, v0)), _mm512_loadu_ps(xp + j + 16), a1);
@@ -218,9 +221,10 @@ OATS_AVX512 float dense_dot_bf16(const uint16_t* a, const float* xp, int64_t len
 }
 
 // Row k of a dense (rows x len) matrix, fp32 or bf16, against x (fp32: in order; bf16: unpack order).
+template <int64_t kAhead = kFactorsAhead>
 OATS_AVX512 inline float dense_row(const void* a, int bf16, int64_t k, int64_t len, const float* x) {
-  return bf16 ? dense_dot_bf16(static_cast<const uint16_t*>(a) + k * len, x, len)
-              : dense_dot_f32(static_cast<const float*>(a) + k * len, x, len);
+  return bf16 ? dense_dot_bf16<kAhead>(static_cast<const uint16_t*>(a) + k * len, x, len)
+              : dense_dot_f32<kAhead>(static_cast<const float*>(a) + k * len, x, len);
 }
 
 // The first row of thread t of T: rows split so that each thread reads about the same bytes (its
@@ -257,6 +261,21 @@ OATS_AVX512 float sparse_row_any(const DecodeLayer& L, int isa, int64_t i, const
 }
 
 }  // namespace
+
+void dense_one_token_avx512(const void* W, int bf16, int64_t d_out, int64_t d_in, const float* x, float* y,
+                            int accumulate, int nthreads) {
+  std::vector<float> xp(bf16 ? d_in : 0);
+  if (bf16) unpack_order(x, d_in, xp.data());
+  const float* xs = bf16 ? xp.data() : x;
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int T = omp_get_num_threads(), t = omp_get_thread_num();
+    for (int64_t i = d_out * t / T; i < d_out * (t + 1) / T; ++i) {
+      const float v = dense_row<kValuesAhead>(W, bf16, i, d_in, xs);
+      y[i] = accumulate ? y[i] + v : v;
+    }
+  }
+}
 
 void decode_one_token_avx512(const DecodeLayer& L, int isa, const float* x, float* y, int accumulate, float* z,
                              int nthreads) {

@@ -116,4 +116,9 @@ struct DecodeLayer {
 void decode_one_token_avx512(const DecodeLayer& layer, int isa, const float* x, float* y, int accumulate, float* z,
                              int nthreads);
 
+// y = W x (or y += W x) for one token x on AVX-512, W dense row-major (d_out x d_in), fp32 or bf16: each
+// thread streams its rows, prefetched (the dense engine the sparse ones are measured against). decode.cpp.
+void dense_one_token_avx512(const void* W, int bf16, int64_t d_out, int64_t d_in, const float* x, float* y,
+                            int accumulate, int nthreads);
+
 }  // namespace oats_native

@@ -142,3 +142,37 @@ class BitmaskLinear(nn.Module):
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, values={self.S.values.dtype}, "
                 f"density={self.S.nnz / max(1, self.out_features * self.in_features):.3f}"
                 + (f", picked [{picked}]" if picked else ""))
+
+
+class NativeDenseLinear(nn.Module):
+    """A dense linear on the native kernels: the dense engine the sparse ones are measured against.
+
+    One token streams W (fp32 or bf16, fp32 x and accumulation) through :func:`oats.native.dense_matmul`
+    (AVX-512; elsewhere a dot product per row); more tokens are a PyTorch GEMM (bf16 weights: x in bf16,
+    as the ``torch-bf16`` engine computes).
+    """
+
+    def __init__(self, W: torch.Tensor, bias: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"NativeDenseLinear takes fp32 or bf16 weights, got {dtype}")
+        self.W = W.detach().to(dtype).contiguous()
+        self.out_features, self.in_features = self.W.shape
+        self.bias = None if bias is None else bias.detach().float()
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, d_in) -> (n, d_out) fp32, bias excluded."""
+        x = x.to(torch.float32).contiguous()
+        if x.shape[0] == 1 and native.available():
+            return native.dense_matmul(self.W, x)[0]
+        return torch.nn.functional.linear(x.to(self.W.dtype), self.W).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = self.matmul(x.reshape(-1, shape[-1]))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, weights={self.W.dtype}"

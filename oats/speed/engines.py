@@ -4,7 +4,8 @@ The sparse part runs on the project's own engine, ``native`` (the bitmask format
 AVX2 kernels, :mod:`oats.speed.bitmask_engine`; ``native-bf16`` with bf16 values), or as a CSR
 matrix multiplied by MKL (PyPI ``sparse-dot-mkl`` + ``mkl``) or scipy; the low-rank factors are
 dense products (PyTorch's BLAS for native, MKL gemm with MKL, numpy otherwise). Dense layers can run
-on ``torch`` (``F.linear``; ``torch-bf16`` in bf16), ``numpy`` (OpenBLAS) or ``mkl`` (MKL gemm), so a
+on ``torch`` (``F.linear``; ``torch-bf16`` in bf16), ``numpy`` (OpenBLAS), ``mkl`` (MKL gemm) or
+``native`` / ``native-bf16`` (the kernels' streaming gemv for one token, a PyTorch GEMM for more), so a
 speedup is measured against the fastest dense engine of the same value type. :func:`to_engine`
 swaps a model's linears for these modules.
 """
@@ -19,11 +20,11 @@ from torch import nn
 
 from .. import native
 from ..layers import set_submodule
-from .bitmask_engine import BitmaskLinear
+from .bitmask_engine import BitmaskLinear, NativeDenseLinear
 from .env import mkl_error, mkl_module, sparse_engine
 from .export import ExportedLinear, export_modules
 
-DENSE_ENGINES = ("torch", "numpy", "mkl", "torch-bf16")      # dense layers
+DENSE_ENGINES = ("torch", "numpy", "mkl", "native", "torch-bf16", "native-bf16")  # dense layers
 SPARSE_ENGINES = ("native", "native-bf16", "mkl", "scipy")   # sparse part (+ dense low-rank factors)
 # the weight format each engine reads: (format, bytes per value), for the bandwidth-ideal speedups (a dense
 # variant reads dense weights on every engine: see engine_format)
@@ -43,13 +44,14 @@ def engine_dtype(engine: str) -> str:
 
 
 def engines_here(dense: bool, bf16: bool = False) -> list[str]:
-    """The in-process engines a variant is timed on here. Dense: torch, numpy, mkl (if MKL loads).
-    Compressed: the native bitmask engine (if built) and the CSR engine (MKL, else scipy) beside it.
-    ``bf16``: also ``torch-bf16`` / ``native-bf16``."""
+    """The in-process engines a variant is timed on here. Dense: torch, numpy, mkl (if MKL loads), native
+    (if built). Compressed: the native bitmask engine (if built) and the CSR engine (MKL, else scipy)
+    beside it. ``bf16``: also ``torch-bf16`` / ``native-bf16``."""
     if not dense:
         out = (["native"] if native.available() else []) + ["mkl" if mkl_module() is not None else "scipy"]
         return out + (["native-bf16"] if bf16 and native.available() else [])
-    out = [e for e in DENSE_ENGINES if e != "mkl" or mkl_module() is not None]
+    out = [e for e in DENSE_ENGINES if (e != "mkl" or mkl_module() is not None)
+           and (not e.startswith("native") or native.available())]
     return out if bf16 else [e for e in out if engine_dtype(e) == "fp32"]
 
 
@@ -79,9 +81,13 @@ class CPULinear(nn.Module):
             self._torch_w = self._torch_w.to(torch.bfloat16)
         self._torch_b = None if spec.bias is None else torch.from_numpy(spec.bias)
         self._wt = np.ascontiguousarray(spec.weight.T) if spec.weight is not None and \
-            not engine.startswith("torch") else None
+            engine in ("numpy", "mkl") else None
         self._bitmask = None
-        if engine.startswith("native"):
+        self._dense_native = None
+        if engine.startswith("native") and spec.kind == "dense":
+            self._dense_native = NativeDenseLinear(torch.from_numpy(spec.weight),
+                                                   dtype=torch.bfloat16 if engine == "native-bf16" else torch.float32)
+        elif engine.startswith("native"):
             self._bitmask = BitmaskLinear.from_dense_parts(
                 torch.from_numpy(spec.sparse.toarray()), None if spec.U is None else torch.from_numpy(spec.U),
                 None if spec.V is None else torch.from_numpy(spec.V),
@@ -95,6 +101,8 @@ class CPULinear(nn.Module):
         spec, mkl = self.spec, mkl_module() if self.engine == "mkl" else None
         if self._bitmask is not None:
             return lambda x: self._bitmask.matmul(torch.from_numpy(x)).numpy()
+        if self._dense_native is not None:
+            return lambda x: self._dense_native.matmul(torch.from_numpy(x)).numpy()
         if self.engine == "torch-bf16":
             return lambda x: F.linear(torch.from_numpy(x).to(torch.bfloat16), self._torch_w).float().numpy()
         if spec.kind == "dense":
@@ -122,9 +130,10 @@ class CPULinear(nn.Module):
         """(..., d_in) -> (..., d_out), in ``x``'s dtype (computed in fp32)."""
         if self.engine == "torch":
             return F.linear(x, self._torch_w.to(x.dtype), None if self._torch_b is None else self._torch_b.to(x.dtype))
-        if self._bitmask is not None:
+        native_module = self._bitmask if self._bitmask is not None else self._dense_native
+        if native_module is not None:
             shape = x.shape
-            y = self._bitmask.matmul(x.reshape(-1, shape[-1]))
+            y = native_module.matmul(x.reshape(-1, shape[-1]))
             if self._torch_b is not None:
                 y = y + self._torch_b
             return y.to(x.dtype).reshape(*shape[:-1], self.out_features)

@@ -26,7 +26,8 @@ def format_report(report: dict) -> str:
                      f"{r['ideal_speedup']:.2f}x | {100 * (r.get('of_ideal') or nan):.0f}% | "
                      f"{r['ideal_values_speedup']:.2f}x |")
     v, t = report["versions"], report["threads"]
-    lines += ["", "speedup: the fastest dense engine's median / this median (same phase and value type). ideal: "
+    lines += ["", "speedup: median over repeats of the fastest dense engine's time / this time in the same repeat (same "
+              "phase and value type; fastest: lowest median). ideal: "
               "dense weight bytes / the bytes of the format this engine reads (csr: values + int32 indices; bitmask: "
               "values + 1 bit per weight; values only: no index cost); of ideal: speedup / ideal.",
               "", "engines: " + ", ".join(f"{k} {v[k]}" for k in ENGINE_PACKAGES if v.get(k)),

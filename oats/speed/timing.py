@@ -2,7 +2,9 @@
 
 Each repeat runs every runner once, in a rotated order, so slow drifts of the machine spread over
 all of them. Rows report the median and min-max, tokens/s, the speedup over the **fastest dense
-engine** of the same phase and value type (fp32 against fp32, bf16 against bf16), and the
+engine** of the same phase and value type (fp32 against fp32, bf16 against bf16: the one with the
+lowest median; the speedup is the median over repeats of the ratio within each repeat, so a machine
+whose memory bandwidth drifts between repeats moves both sides of a ratio together), and the
 memory-bandwidth-ideal speedup: dense weight bytes / the bytes of the format this engine reads
 (bitmask or CSR indices, values, factors), i.e. what a kernel limited only by reading its weights
 would gain, and the share of it the engine reaches.
@@ -33,8 +35,9 @@ def measure(runners: list[Runner], repeats: int, prefill_tokens: int, decode_tok
     Row keys: variant, engine, dtype, format, phase, tokens, repeats, median_ms / min_ms / max_ms
     (prefill: per forward; decode: per token), tokens_per_s, weight_params, weight_bytes,
     ideal_speedup (dense bytes / this format's bytes, same value type), ideal_values_speedup (no
-    index cost), and where a dense variant of the same value type ran, speedup, vs_dense_engine (the
-    fastest dense engine of the phase) and of_ideal (speedup / ideal_speedup).
+    index cost), and where a dense variant of the same value type ran, speedup (median over repeats of
+    that repeat's dense time / this time), vs_dense_engine (the fastest dense engine of the phase: lowest
+    median) and of_ideal (speedup / ideal_speedup).
     """
     times: dict[tuple[int, str], list[float]] = {}
     for rep in range(-warmup, repeats):
@@ -52,7 +55,7 @@ def measure(runners: list[Runner], repeats: int, prefill_tokens: int, decode_tok
     dense_bytes = {dt: max((r.nbytes for r in runners if r.variant == "dense" and r.dtype == dt), default=None)
                    for dt in {r.dtype for r in runners}}
     dense_params = max((r.params for r in runners if r.variant == "dense"), default=None)
-    rows = []
+    rows, samples = [], []
     for (i, phase), ts in times.items():
         r = runners[i]
         tokens = prefill_tokens if phase == "prefill" else decode_tokens
@@ -68,15 +71,17 @@ def measure(runners: list[Runner], repeats: int, prefill_tokens: int, decode_tok
             "ideal_speedup": dbytes / r.nbytes if dbytes else None,  # this format's bytes
             "ideal_values_speedup": dense_params / r.params if dense_params else None,  # no index cost
         })
+        samples.append(ts)
     for phase in ("prefill", "decode"):
         for dt in dense_bytes:
             dense = [x for x in rows if x["phase"] == phase and x["variant"] == "dense" and x["dtype"] == dt]
             if not dense:
                 continue
             best = min(dense, key=lambda x: x["median_ms"])
-            for x in rows:
+            best_ts = samples[rows.index(best)]
+            for x, ts in zip(rows, samples):
                 if x["phase"] == phase and x["dtype"] == dt:
-                    x["speedup"] = best["median_ms"] / x["median_ms"]
+                    x["speedup"] = statistics.median(b / t for b, t in zip(best_ts, ts))
                     x["vs_dense_engine"] = best["engine"]
                     x["of_ideal"] = x["speedup"] / x["ideal_speedup"] if x["ideal_speedup"] else None
     return rows
