@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 import sys
 
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # OpenBLAS threads sleep after a call instead of spinning
+# ~0.07 s (2^28 cycles) on the cores the next kernel needs; read when numpy loads, so set before any import of it
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf

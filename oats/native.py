@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 
 __all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_lowrank_decode",
-           "bitmask_spmm", "bitmask_to_dense", "dense_matmul"]
+           "bitmask_prefill", "bitmask_to_dense", "dense_matmul"]
 
 ISAS = {"scalar": 1, "avx2": 2, "avx512": 3, "avx512vbmi2": 4}  # the bitmask kernels' instruction-set paths
 # (avx512vbmi2: AVX-512 with vpexpandw, which one-token products with bf16 values use; the same as avx512 otherwise)
@@ -46,12 +46,12 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.oats_bitmask_matmul.argtypes = [P, INT, P, P, I64, I64, I64, P, I64, P, INT, INT, INT]
     lib.oats_bitmask_lowrank_decode.restype = INT
     lib.oats_bitmask_lowrank_decode.argtypes = [P, INT, P, P, I64, I64, I64, P, P, INT, P, P, INT, I64, P, INT, INT]
-    lib.oats_bitmask_spmm.restype = INT
-    lib.oats_bitmask_spmm.argtypes = [P, INT, P, P, I64, I64, P, I64, P, INT, INT]
+    lib.oats_bitmask_prefill.restype = INT
+    lib.oats_bitmask_prefill.argtypes = [P, INT, P, P, I64, I64, I64, P, I64, P, INT, P, P, INT, I64, INT]
     lib.oats_dense_matmul.restype = INT
     lib.oats_dense_matmul.argtypes = [P, INT, I64, I64, P, I64, P, INT, INT, INT]
     lib.oats_bitmask_to_dense.restype = INT
-    lib.oats_bitmask_to_dense.argtypes = [P, INT, P, P, I64, I64, I64, I64, P, INT, INT]
+    lib.oats_bitmask_to_dense.argtypes = [P, INT, P, P, I64, I64, I64, I64, P, INT, INT, INT]
     return lib, f"built ({os.path.basename(spec.origin)})"
 
 
@@ -157,10 +157,7 @@ def bitmask_lowrank_decode(values: torch.Tensor, bitmask: torch.Tensor, row_offs
     lib = _lib()
     d_out = bitmask.shape[0]
     r = V.shape[0]
-    if V.dtype != U.dtype or V.dtype not in (torch.float32, torch.bfloat16) or tuple(V.shape) != (r, d_in) \
-            or tuple(U.shape) != (d_out, r) or not (V.is_contiguous() and U.is_contiguous()):
-        raise ValueError(f"bitmask_lowrank_decode: V must be ({r}, {d_in}) and U ({d_out}, {r}), contiguous, both fp32 "
-                         f"or both bf16; got V {V.dtype} {tuple(V.shape)}, U {U.dtype} {tuple(U.shape)}")
+    _check_factors(V, U, d_in, d_out, "bitmask_lowrank_decode")
     if x.numel() != d_in or x.dtype != torch.float32 or not x.is_contiguous():
         raise ValueError(f"bitmask_lowrank_decode: x must be {d_in} contiguous fp32 values, got {x.dtype} "
                          f"{tuple(x.shape)}")
@@ -177,33 +174,58 @@ def bitmask_lowrank_decode(values: torch.Tensor, bitmask: torch.Tensor, row_offs
     return out, _ISA_NAMES[used]
 
 
-def bitmask_spmm(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,
-                 xt: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor | None:
-    """``S xt`` for xt (d_in, n) fp32 contiguous (the tokens as columns): (d_out, n) fp32, walking each
-    row's nonzeros (work proportional to them: the prefill product). AVX-512 only: None elsewhere."""
+def bitmask_prefill(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,
+                    x: torch.Tensor, V: torch.Tensor | None = None, U: torch.Tensor | None = None,
+                    out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor | None:
+    """``x S^T + (x V^T) U^T`` for n tokens x (n, d_in) fp32 contiguous, in one native call: (n, d_out) fp32.
+
+    The prefill product (AVX-512 only; None elsewhere, nothing computed): S walked by its set bits against
+    L1-sized panels of the transposed tokens (work proportional to the nonzeros), the factors (both fp32
+    or both bf16, or None) as dense rows. ``out`` / ``accumulate`` as in :func:`bitmask_matmul`.
+    """
     lib = _lib()
-    d_out, n = bitmask.shape[0], xt.shape[1]
+    d_out = bitmask.shape[0]
+    r = 0 if V is None else V.shape[0]
+    if r:
+        _check_factors(V, U, d_in, d_out, "bitmask_prefill")
+    if x.dim() != 2 or x.shape[1] != d_in or x.dtype != torch.float32 or not x.is_contiguous():
+        raise ValueError(f"bitmask_prefill: x must be contiguous fp32 (n, {d_in}), got {x.dtype} {tuple(x.shape)}")
+    n = x.shape[0]
     if out is None:
         if accumulate:
             raise ValueError("accumulate=True needs an out tensor to add to")
-        out = torch.empty(d_out, n, dtype=torch.float32)
-    used = lib.oats_bitmask_spmm(values.data_ptr(), _check_values(values), bitmask.data_ptr(),
-                                 row_offsets.data_ptr(), d_out, d_in, xt.data_ptr(), n, out.data_ptr(),
-                                 int(accumulate), torch.get_num_threads())
+        out = torch.empty(n, d_out, dtype=torch.float32)
+    used = lib.oats_bitmask_prefill(values.data_ptr(), _check_values(values), bitmask.data_ptr(), row_offsets.data_ptr(),
+                                    values.numel(), d_out, d_in, x.data_ptr(), n, out.data_ptr(), int(accumulate),
+                                    V.data_ptr() if r else None, U.data_ptr() if r else None,
+                                    int(r > 0 and V.dtype == torch.bfloat16), r, torch.get_num_threads())
     return out if used else None
+
+
+def _check_factors(V: torch.Tensor, U: torch.Tensor, d_in: int, d_out: int, who: str) -> None:
+    r = V.shape[0]
+    if V.dtype != U.dtype or V.dtype not in (torch.float32, torch.bfloat16) or tuple(V.shape) != (r, d_in) \
+            or tuple(U.shape) != (d_out, r) or not (V.is_contiguous() and U.is_contiguous()):
+        raise ValueError(f"{who}: V must be ({r}, {d_in}) and U ({d_out}, {r}), contiguous, both fp32 "
+                         f"or both bf16; got V {V.dtype} {tuple(V.shape)}, U {U.dtype} {tuple(U.shape)}")
 
 
 def bitmask_to_dense(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,
                      rows: tuple[int, int] | None = None, out: torch.Tensor | None = None,
-                     isa: str | None = None) -> torch.Tensor:
-    """Rows ``[r0, r1)`` (default all) of a bitmask-format matrix as dense fp32 (into ``out``, contiguous
-    (r1 - r0, d_in) fp32, if given)."""
+                     isa: str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows ``[r0, r1)`` (default all) of a bitmask-format matrix as dense ``dtype`` (fp32; bf16 only from bf16
+    values: the 16-bit words copied), into ``out`` (contiguous (r1 - r0, d_in), its dtype wins) if given."""
     lib = _lib()
     r0, r1 = rows or (0, bitmask.shape[0])
     if out is None:
-        out = torch.empty(r1 - r0, d_in, dtype=torch.float32)
-    lib.oats_bitmask_to_dense(values.data_ptr(), _check_values(values), bitmask.data_ptr(),
-                              row_offsets.data_ptr(), values.numel(), r0, r1, d_in, out.data_ptr(), _isa_code(isa),
+        out = torch.empty(r1 - r0, d_in, dtype=dtype)
+    bf16 = _check_values(values)
+    if out.dtype not in (torch.float32, torch.bfloat16) or (out.dtype == torch.bfloat16 and not bf16) \
+            or tuple(out.shape) != (r1 - r0, d_in) or not out.is_contiguous():
+        raise ValueError(f"bitmask_to_dense: out must be contiguous ({r1 - r0}, {d_in}) fp32, or bf16 for bf16 values; "
+                         f"got {out.dtype} {tuple(out.shape)} for {values.dtype} values")
+    lib.oats_bitmask_to_dense(values.data_ptr(), bf16, bitmask.data_ptr(), row_offsets.data_ptr(), values.numel(), r0,
+                              r1, d_in, out.data_ptr(), int(out.dtype == torch.bfloat16), _isa_code(isa),
                               torch.get_num_threads())
     return out
 

@@ -12,8 +12,12 @@ gathers the runs that are done (while others still run, say) and runs nothing.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # OpenBLAS threads sleep after a call instead of spinning
+# ~0.07 s (2^28 cycles) on the cores the next kernel needs; read when numpy loads, so set before any import of it
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

@@ -52,6 +52,9 @@ def test_to_dense_and_mask_are_exact(d_out, d_in, n, dtype):
     assert torch.equal(b.mask(), S != 0)
     for isa in ISAS:
         assert torch.equal(native.bitmask_to_dense(b.values, b.bitmask, b.row_offsets, d_in, isa=isa), S.float())
+        if dtype == torch.bfloat16:  # bf16 rows straight from bf16 values
+            assert torch.equal(native.bitmask_to_dense(b.values, b.bitmask, b.row_offsets, d_in, isa=isa,
+                                                       dtype=torch.bfloat16), S)
         if d_out > 2:
             rows = native.bitmask_to_dense(b.values, b.bitmask, b.row_offsets, d_in, rows=(1, d_out - 1), isa=isa)
             assert torch.equal(rows, S[1:-1].float())
@@ -129,20 +132,29 @@ def test_lowrank_decode_refuses_factors_that_do_not_fit():
         native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, 20, torch.randn(21), V, U)
 
 
-@pytest.mark.skipif("avx512" not in ISAS, reason="the spmm (prefill) kernel is AVX-512 only")
+@pytest.mark.skipif("avx512" not in ISAS, reason="the prefill kernel is AVX-512 only")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("d_out,d_in,n", [(5, 3, 1), (33, 100, 9), (40, 130, 70), (17, 64, 64), (20, 200, 129)])
-def test_spmm_matches_pytorch(d_out, d_in, n, dtype):
-    S = sparse_matrix(d_out, d_in, 0.4, seed=n)
-    b = BitmaskTensor.from_dense(S, dtype)
-    xt = torch.randn(d_in, n, generator=torch.Generator().manual_seed(2))
-    y = native.bitmask_spmm(b.values, b.bitmask, b.row_offsets, d_in, xt)
-    ref = b.to_dense().double() @ xt.double()
-    scale = b.to_dense().double().abs() @ xt.double().abs()
+@pytest.mark.parametrize("d_out,d_in,n,r", [(5, 3, 2, 0), (33, 100, 9, 4), (40, 130, 70, 0), (17, 64, 64, 3),
+                                            (20, 200, 129, 65), (37, 257, 300, 130), (1, 1, 2, 1), (70, 64, 16, 0)])
+def test_prefill_matches_pytorch(d_out, d_in, n, r, dtype):
+    """Many tokens through S (+ U V) in one native call: token chunks of 1-128 and more (300), column panels
+    and their tails, rank 0, odd ranks (a lone row of U), within the fp32 bound; y += with accumulate."""
+    g = torch.Generator().manual_seed(n + r)
+    b = BitmaskTensor.from_dense(sparse_matrix(d_out, d_in, 0.4, seed=n), dtype)
+    U, V = (torch.randn(d_out, r, generator=g).to(dtype), torch.randn(r, d_in, generator=g).to(dtype)) if r else (None, None)
+    x = torch.randn(n, d_in, generator=g)
+    y = native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, x, V, U)
+    Sd, xd = b.to_dense().double(), x.double()
+    ref, scale = xd @ Sd.T, xd.abs() @ Sd.abs().T
+    if r:
+        ref = ref + (xd @ V.double().T) @ U.double().T
+        scale = scale + (xd.abs() @ V.double().abs().T) @ U.double().abs().T
     assert float(((y.double() - ref).abs() / scale.clamp_min(1e-30)).max()) < 1e-5
-    y2 = torch.ones(d_out, n)
-    native.bitmask_spmm(b.values, b.bitmask, b.row_offsets, d_in, xt, out=y2, accumulate=True)
+    y2 = torch.ones(n, d_out)
+    native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, x, V, U, out=y2, accumulate=True)
     assert torch.allclose(y2, y + 1, atol=1e-5 * float(scale.max()) + 1e-6)
+    with pytest.raises(ValueError, match=rf"x must be contiguous fp32 \(n, {d_in}\)"):
+        native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, torch.randn(n, d_in + 1))
 
 
 @needs_native

@@ -17,8 +17,9 @@
 // instruction set is chosen at run time (isa 0 = best available). Returns the ISA used (simd.h's Isa:
 // 1 scalar, 2 AVX2, 3 AVX-512, 4 AVX-512 with VBMI2).
 //
-// oats_bitmask_spmm: the prefill product (AVX-512): walks each row's set bits, each value broadcast
-// into FMAs over a chunk of up to 64 tokens (work proportional to the nonzeros).
+// oats_bitmask_prefill: many tokens through a sparse (+ low-rank) layer on AVX-512 (prefill.cpp: S walked
+// by its set bits against L1-sized panels of the transposed tokens, the factors as dense rows).
+
 //
 // oats_bitmask_lowrank_decode: one token through a sparse + low-rank layer, y = S x + U (V x), in one
 // OpenMP region: z = V x (r dense dot products, split over threads), then each row of S with its row of
@@ -29,8 +30,9 @@
 // oats_dense_matmul: y (n x d_out) = x W^T (or +=) for a dense W (d_out x d_in), fp32 or bf16: one token on
 // AVX-512 streams W (decode.cpp), more tokens take a dot product per row and token.
 //
-// oats_bitmask_to_dense: rows [r0, r1) of S as a dense fp32 (r1 - r0) x d_in block, by the same expand
-// (for prefill, where a tile of rows is expanded then multiplied by a dense GEMM). Returns the ISA used.
+// oats_bitmask_to_dense: rows [r0, r1) of S as a dense (r1 - r0) x d_in block, fp32 (or, with out_bf16 and
+// bf16 values, bf16), by the same expands (for prefill, where a tile of rows is expanded then multiplied by
+// a dense GEMM). Returns the ISA used.
 #include "simd.h"
 
 namespace oats_native {
@@ -262,41 +264,27 @@ __attribute__((target("avx2,fma"))) void expand_row_avx2(const void* values, int
   for (int64_t j = full * 8; j < d_in; ++j) o[j] = (mask[j >> 3] >> (j & 7) & 1) ? value_at(values, bf16, p++) : 0.0f;
 }
 
-// Prefill: rows of yt (d_out x n) = S xt for xt (d_in x n), token chunks of 16 * NV. Each nonzero
-// (found by walking the set bits of the row's mask) broadcasts its value into NV FMAs with row j of xt:
-// work is proportional to the nonzeros, not to d_in, and a chunk of xt stays in L2 across rows.
-template <int NV>
-OATS_AVX512 void spmm_rows_avx512(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets,
-                                  int64_t stride, int64_t r0, int64_t r1, int64_t d_in, const float* xt, int64_t n,
-                                  int64_t t0, int64_t nt, float* yt, int accumulate) {
-  __mmask16 last = static_cast<__mmask16>(nt - 16 * (NV - 1) >= 16 ? 0xFFFF : (1u << (nt - 16 * (NV - 1))) - 1);
-  for (int64_t i = r0; i < r1; ++i) {
-    __m512 acc[NV];
-    for (int v = 0; v < NV; ++v) acc[v] = _mm512_setzero_ps();
-    const uint8_t* mrow = bitmask + i * stride;
-    int64_t p = row_offsets[i];
-    for (int64_t byte0 = 0; byte0 < stride; byte0 += 8) {
-      uint64_t m = 0;
-      std::memcpy(&m, mrow + byte0, stride - byte0 >= 8 ? 8 : static_cast<size_t>(stride - byte0));
-      while (m) {
-        const int64_t j = byte0 * 8 + __builtin_ctzll(m);
-        m &= m - 1;
-        const __m512 w = _mm512_set1_ps(value_at(values, bf16, p++));
-        const float* xr = xt + j * n + t0;
-        for (int v = 0; v < NV - 1; ++v) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xr + 16 * v), acc[v]);
-        acc[NV - 1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(last, xr + 16 * (NV - 1)), acc[NV - 1]);
-      }
-    }
-    float* out = yt + i * n + t0;
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 k = v == NV - 1 ? last : static_cast<__mmask16>(0xFFFF);
-      __m512 r = acc[v];
-      if (accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, out + 16 * v));
-      _mm512_mask_storeu_ps(out + 16 * v, k, r);
-    }
+// Row of bf16 values into a bf16 row (the 16-bit words copied, no widening): vpexpandw per 32 columns.
+OATS_VBMI2 void expand_row_words_vbmi2(const uint16_t* values, const uint8_t* mask, int64_t p, int64_t end, int64_t d_in,
+                                       uint16_t* o) {
+  for (int64_t c = 0; c < d_in; c += 32) {
+    const int64_t cols = d_in - c < 32 ? d_in - c : 32;
+    uint32_t m = 0;
+    std::memcpy(&m, mask + c / 8, static_cast<size_t>((cols + 7) / 8));
+    if (cols < 32) m &= (1u << cols) - 1;
+    const int64_t avail = end - p < 32 ? (end - p > 0 ? end - p : 0) : 32;
+    const __m512i v = avail ? _mm512_maskz_loadu_epi16(static_cast<__mmask32>(avail == 32 ? 0xFFFFFFFFu : (1u << avail) - 1),
+                                                       values + p)
+                            : _mm512_setzero_si512();
+    const __m512i e = _mm512_mask_expand_epi16(_mm512_castps_si512(fresh_zero()), m, v);
+    _mm512_mask_storeu_epi16(o + c, static_cast<__mmask32>(cols == 32 ? 0xFFFFFFFFu : (1u << cols) - 1), e);
+    p += __builtin_popcount(m);
   }
 }
 
+void expand_row_words_scalar(const uint16_t* values, const uint8_t* mask, int64_t p, int64_t d_in, uint16_t* o) {
+  for (int64_t j = 0; j < d_in; ++j) o[j] = (mask[j >> 3] >> (j & 7) & 1) ? values[p++] : 0;
+}
 
 // Dense dot products a . x over len entries (a fp32 or bf16), for the low-rank factors.
 float dot_scalar(const void* a, int bf16, const float* x, int64_t len) {
@@ -398,31 +386,16 @@ int oats_bitmask_lowrank_decode(const void* values, int bf16, const uint8_t* bit
   return isa;
 }
 
-// yt (d_out x n) = S xt (or += with accumulate) for xt (d_in x n) row-major: the prefill product, one
-// token chunk of up to 64 at a time. AVX-512 only: returns 3, or 0 (nothing computed) on other CPUs.
-int oats_bitmask_spmm(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets, int64_t d_out,
-                      int64_t d_in, const float* xt, int64_t n, float* yt, int accumulate, int nthreads) {
-  if (best_isa() < kAvx512) return 0;
-  const int64_t stride = (d_in + 7) / 8;
-  for (int64_t t0 = 0; t0 < n; t0 += 64) {
-    const int64_t nt = n - t0 < 64 ? n - t0 : 64;
-    const int nv = static_cast<int>((nt + 15) / 16);
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t b = 0; b < (d_out + 15) / 16; ++b) {  // 16 rows per task
-      const int64_t r0 = 16 * b, r1 = r0 + 16 < d_out ? r0 + 16 : d_out;
-      switch (nv) {
-        case 1: spmm_rows_avx512<1>(values, bf16, bitmask, row_offsets, stride, r0, r1, d_in, xt, n, t0, nt, yt,
-                                    accumulate); break;
-        case 2: spmm_rows_avx512<2>(values, bf16, bitmask, row_offsets, stride, r0, r1, d_in, xt, n, t0, nt, yt,
-                                    accumulate); break;
-        case 3: spmm_rows_avx512<3>(values, bf16, bitmask, row_offsets, stride, r0, r1, d_in, xt, n, t0, nt, yt,
-                                    accumulate); break;
-        default: spmm_rows_avx512<4>(values, bf16, bitmask, row_offsets, stride, r0, r1, d_in, xt, n, t0, nt, yt,
-                                     accumulate); break;
-      }
-    }
-  }
-  return 3;
+// y (n x d_out) = x S^T + (x V^T) U^T (factors optional: r = 0), or +=, for n tokens on AVX-512 (prefill.cpp).
+// Returns the ISA used, or 0 (nothing computed) on a CPU without AVX-512.
+int oats_bitmask_prefill(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets, int64_t nnz,
+                         int64_t d_out, int64_t d_in, const float* x, int64_t n, float* y, int accumulate, const void* V,
+                         const void* U, int factors_bf16, int64_t r, int nthreads) {
+  const int isa = best_isa();
+  if (isa < kAvx512) return 0;
+  prefill_avx512({values, bf16, bitmask, row_offsets, nnz, d_out, d_in, U, V, factors_bf16, r}, x, n, y, accumulate,
+                 nthreads);
+  return isa;
 }
 
 int oats_dense_matmul(const void* W, int bf16, int64_t d_out, int64_t d_in, const float* x, int64_t n, float* y,
@@ -443,13 +416,25 @@ int oats_dense_matmul(const void* W, int bf16, int64_t d_out, int64_t d_in, cons
 }
 
 int oats_bitmask_to_dense(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets,
-                          int64_t nnz, int64_t r0, int64_t r1, int64_t d_in, float* out, int isa, int nthreads) {
+                          int64_t nnz, int64_t r0, int64_t r1, int64_t d_in, void* out_rows, int out_bf16, int isa,
+                          int nthreads) {
   isa = pick_isa(isa);
   const int64_t stride = (d_in + 7) / 8;
+  if (out_bf16) {  // bf16 values into bf16 rows
+    if (!bf16) return 0;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t i = r0; i < r1; ++i) {
+      uint16_t* o = static_cast<uint16_t*>(out_rows) + (i - r0) * d_in;
+      const auto* v = static_cast<const uint16_t*>(values);
+      if (isa >= kAvx512Vbmi2) expand_row_words_vbmi2(v, bitmask + i * stride, row_offsets[i], nnz, d_in, o);
+      else expand_row_words_scalar(v, bitmask + i * stride, row_offsets[i], d_in, o);
+    }
+    return isa;
+  }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t i = r0; i < r1; ++i) {
     const uint8_t* mrow = bitmask + i * stride;
-    float* o = out + (i - r0) * d_in;
+    float* o = static_cast<float*>(out_rows) + (i - r0) * d_in;
     int64_t p = row_offsets[i];
     if (isa >= kAvx512) {
       expand_row_avx512(values, bf16, mrow, p, nnz, d_in, o);

@@ -227,24 +227,8 @@ OATS_AVX512 inline float dense_row(const void* a, int bf16, int64_t k, int64_t l
               : dense_dot_f32<kAhead>(static_cast<const float*>(a) + k * len, x, len);
 }
 
-// The first row of thread t of T: rows split so that each thread reads about the same bytes (its
-// values, mask rows and rows of U), found by bisection on the row offsets.
-int64_t first_row(const DecodeLayer& L, int t, int T) {
-  if (t <= 0) return 0;
-  if (t >= T) return L.d_out;
-  const double vb = L.bf16 ? 2 : 4, per_row = static_cast<double>((L.d_in + 7) / 8) + L.r * (L.factors_bf16 ? 2 : 4);
-  auto cost = [&](int64_t i) { return (i < L.d_out ? L.row_offsets[i] : L.nnz) * vb + i * per_row; };
-  const double target = cost(L.d_out) * t / T;
-  int64_t lo = 0, hi = L.d_out;  // the first row i with cost(i) >= target
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (cost(mid) < target) lo = mid + 1; else hi = mid;
-  }
-  return lo;
-}
-
 // Row i's sparse sum; rows whose values end 32 or more before the array's end load without checks.
-OATS_AVX512 float sparse_row_any(const DecodeLayer& L, int isa, int64_t i, const float* x, const float* xp) {
+OATS_AVX512 float sparse_row_any(const SparseLayer& L, int isa, int64_t i, const float* x, const float* xp) {
   const int64_t stride = (L.d_in + 7) / 8, p = L.row_offsets[i];
   const uint8_t* mrow = L.bitmask + i * stride;
   const bool inside = (i + 1 < L.d_out ? L.row_offsets[i + 1] : L.nnz) + 32 <= L.nnz;
@@ -277,7 +261,7 @@ void dense_one_token_avx512(const void* W, int bf16, int64_t d_out, int64_t d_in
   }
 }
 
-void decode_one_token_avx512(const DecodeLayer& L, int isa, const float* x, float* y, int accumulate, float* z,
+void decode_one_token_avx512(const SparseLayer& L, int isa, const float* x, float* y, int accumulate, float* z,
                              int nthreads) {
   const bool factors = L.r > 0 && L.U != nullptr && L.V != nullptr;
   // x (and z) in unpack order where bf16 rows are read by unpacks: bf16 values on VBMI2, bf16 factors.

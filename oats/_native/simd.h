@@ -97,9 +97,9 @@ OATS_AVX512 inline __m512 avx512_expand(uint16_t m, __m512 v, int bf16) {
   return _mm512_mask_permutexvar_ps(fresh_zero(), m, _mm512_inserti32x8(_mm512_castsi256_si512(lo), hi, 1), v);
 }
 
-// One layer for the one-token kernels: S in the bitmask format, optionally with the factors U (d_out x r)
+// One layer for the decode and prefill kernels: S in the bitmask format, optionally with the factors U (d_out x r)
 // and V (r x d_in), dense row-major, fp32 or bf16 (factors_bf16).
-struct DecodeLayer {
+struct SparseLayer {
   const void* values;
   int bf16;
   const uint8_t* bitmask;
@@ -111,14 +111,33 @@ struct DecodeLayer {
   int64_t r = 0;
 };
 
+// The first row of thread t of T: rows split so that each thread reads about the same bytes (its
+// values, mask rows and rows of U), found by bisection on the row offsets.
+inline int64_t first_row(const SparseLayer& L, int t, int T) {
+  if (t <= 0) return 0;
+  if (t >= T) return L.d_out;
+  const double vb = L.bf16 ? 2 : 4, per_row = static_cast<double>((L.d_in + 7) / 8) + L.r * (L.factors_bf16 ? 2 : 4);
+  auto cost = [&](int64_t i) { return (i < L.d_out ? L.row_offsets[i] : L.nnz) * vb + i * per_row; };
+  const double target = cost(L.d_out) * t / T;
+  int64_t lo = 0, hi = L.d_out;  // the first row i with cost(i) >= target
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (cost(mid) < target) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
 // y = S x (+ U (V x)), or y += with accumulate, for one token x (d_in) on AVX-512 (isa kAvx512 or
 // kAvx512Vbmi2); z: scratch of r floats. decode.cpp.
-void decode_one_token_avx512(const DecodeLayer& layer, int isa, const float* x, float* y, int accumulate, float* z,
+void decode_one_token_avx512(const SparseLayer& layer, int isa, const float* x, float* y, int accumulate, float* z,
                              int nthreads);
 
 // y = W x (or y += W x) for one token x on AVX-512, W dense row-major (d_out x d_in), fp32 or bf16: each
 // thread streams its rows, prefetched (the dense engine the sparse ones are measured against). decode.cpp.
 void dense_one_token_avx512(const void* W, int bf16, int64_t d_out, int64_t d_in, const float* x, float* y,
                             int accumulate, int nthreads);
+
+// y (n x d_out) = x S^T (+ (x V^T) U^T), or y +=, for n tokens x (n x d_in) on AVX-512. prefill.cpp.
+void prefill_avx512(const SparseLayer& layer, const float* x, int64_t n, float* y, int accumulate, int nthreads);
 
 }  // namespace oats_native

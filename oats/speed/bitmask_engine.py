@@ -4,18 +4,18 @@ The sparse part runs on the native kernels (:func:`oats.native.bitmask_matmul`, 
 chosen at run time, OpenMP over output rows), the low-rank part through PyTorch's BLAS. Values and
 factors are fp32 or bf16 (fp32 accumulation either way).
 
-Per phase the module picks the fastest way to apply S, once per token-count bucket (powers of two),
-by timing them on the layer itself: the **kernel** (reads each weight's bit and value once per
-group of 8 tokens: the decode path), **spmm** (AVX-512 only: walks each row's nonzeros and
-broadcasts each into FMAs over a chunk of up to 64 tokens, so the work is proportional to the
-nonzeros: compute-bound prefill) and **tile + GEMM** (expands a tile of rows to dense fp32, then a
-BLAS GEMM over all tokens). No dense copy of the weights is kept: a tile is at most
-``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked; one token always takes the kernel.
-One token (decode) goes through the sparse and the low-rank parts in one native call
+Per phase the module picks the fastest way to compute the layer, once per token-count bucket (powers
+of two), by timing them on the layer itself: **spmm** (AVX-512 only: :func:`oats.native.bitmask_prefill`,
+S walked by its set bits against L1-sized panels of the transposed tokens, each nonzero broadcast into
+FMAs over up to 128 tokens, and the factors as dense rows, all in one native call: work proportional to
+the kept parameters, the compute-bound prefill), the **kernel** (reads each weight's bit and value once
+per group of 8 tokens; factors through PyTorch) and **tile + GEMM** (expands a tile of rows to dense,
+fp32 or bf16 as the values, then a PyTorch GEMM over all tokens; factors through PyTorch). No dense copy
+of the weights is kept: a tile is at most ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it
+picked. One token (decode) goes through the sparse and the low-rank parts in one native call
 (:func:`oats.native.bitmask_lowrank_decode`: z = V x, then each row's sparse sum plus U_i . z, on the
-kernels' own OpenMP threads). More tokens take the factors through PyTorch's BLAS (compute-bound
-GEMMs there). Handing the factors to numpy's OpenBLAS instead made OATS decode 3x slower: its threads
-fought the OpenMP threads still spinning after each kernel.
+kernels' own OpenMP threads). Handing the factors to numpy's OpenBLAS instead made OATS decode 3x
+slower: its threads spin after each call (``OPENBLAS_THREAD_TIMEOUT``, :mod:`oats.speed.env`).
 """
 from __future__ import annotations
 
@@ -76,28 +76,38 @@ class BitmaskLinear(nn.Module):
         return self.S.nbytes + lowrank
 
     def _sparse_tiled(self, x: torch.Tensor) -> torch.Tensor:
+        """x S^T by tiles of rows expanded to dense (fp32, or bf16 for bf16 values: then x is rounded to bf16
+        as a bf16 GEMM does) and a PyTorch GEMM; at most TILE_BYTES of S dense at a time."""
         d_out, d_in = self.S.shape
-        rows = max(16, TILE_BYTES // (4 * d_in))
-        if self._tile is None or self._tile.shape[0] != min(rows, d_out):
-            self._tile = torch.empty(min(rows, d_out), d_in)
+        dt = self.S.values.dtype
+        rows = max(16, TILE_BYTES // (dt.itemsize * d_in))
+        if self._tile is None or self._tile.shape[0] != min(rows, d_out) or self._tile.dtype != dt:
+            self._tile = torch.empty(min(rows, d_out), d_in, dtype=dt)
         yt = torch.empty(d_out, x.shape[0])
-        xt = x.t()
+        xt = x.t().to(dt)
         for r0 in range(0, d_out, rows):
             r1 = min(d_out, r0 + rows)
             tile = self._tile[: r1 - r0]
             native.bitmask_to_dense(self.S.values, self.S.bitmask, self.S.row_offsets, d_in, (r0, r1), tile)
-            torch.mm(tile, xt, out=yt[r0:r1])
+            if dt == torch.float32:
+                torch.mm(tile, xt, out=yt[r0:r1])
+            else:
+                yt[r0:r1] = torch.mm(tile, xt)
         return yt.t()
 
-    def _sparse(self, x: torch.Tensor, path: str) -> torch.Tensor:
-        if path == "kernel" or not native.available():
-            return self.S.matmul(x)
-        if path == "spmm":
-            yt = native.bitmask_spmm(self.S.values, self.S.bitmask, self.S.row_offsets, self.in_features,
-                                     x.t().contiguous())
-            if yt is not None:
-                return yt.t()
-        return self._sparse_tiled(x)
+    def _apply(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """The whole product x S^T + (x V^T) U^T, (n, d_out) fp32, by ``path``."""
+        if path == "spmm" and native.available():  # S and the factors in one native call (AVX-512)
+            y = native.bitmask_prefill(self.S.values, self.S.bitmask, self.S.row_offsets, self.in_features, x,
+                                       self.V, self.U)
+            if y is not None:
+                return y
+            path = "tile-gemm"
+        y = self.S.matmul(x) if path == "kernel" or not native.available() else self._sparse_tiled(x)
+        if self.V is not None:
+            low = (x.to(self.V.dtype) @ self.V.t()) @ self.U.t()
+            y = y.add_(low) if y.is_contiguous() else y + low
+        return y
 
     def _choose(self, x: torch.Tensor) -> str:
         if self.path is not None:
@@ -107,11 +117,12 @@ class BitmaskLinear(nn.Module):
             return "kernel"
         b = _bucket(n)
         if b not in self.choices:
+            avx512 = native.ISAS[native.best_isa()] >= native.ISAS["avx512"]
             seconds = {}
-            for path in PATHS if native.best_isa() == "avx512" else ("kernel", "tile-gemm"):
-                self._sparse(x, path)  # warm
+            for path in PATHS if avx512 else ("kernel", "tile-gemm"):
+                self._apply(x, path)  # warm
                 t = time.perf_counter()
-                self._sparse(x, path)
+                self._apply(x, path)
                 seconds[path] = time.perf_counter() - t
             self.choices[b] = min(seconds, key=seconds.get)
         return self.choices[b]
@@ -119,15 +130,13 @@ class BitmaskLinear(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d_in) -> (n, d_out) fp32, bias excluded."""
         x = x.to(torch.float32).contiguous()
-        if self.V is not None and x.shape[0] == 1 and native.available():
-            y, _ = native.bitmask_lowrank_decode(self.S.values, self.S.bitmask, self.S.row_offsets, self.in_features,
-                                                 x[0], self.V, self.U)
-            return y.unsqueeze(0)
-        y = self._sparse(x, self._choose(x))
-        if self.V is not None:
-            low = (x.to(self.V.dtype) @ self.V.t()) @ self.U.t()
-            y = y.add_(low) if y.is_contiguous() else y + low
-        return y
+        if x.shape[0] == 1:
+            if self.V is not None and native.available():
+                y, _ = native.bitmask_lowrank_decode(self.S.values, self.S.bitmask, self.S.row_offsets,
+                                                     self.in_features, x[0], self.V, self.U)
+                return y.unsqueeze(0)
+            return self._apply(x, "kernel")
+        return self._apply(x, self._choose(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_in) -> (..., d_out) in x's dtype."""
