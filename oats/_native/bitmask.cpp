@@ -234,20 +234,23 @@ void row_on_isa(int isa, const void* values, int bf16, const uint8_t* mrow, int6
     row_scalar(values, bf16, mrow, off, d_in, x, n, y, d_out, i, accumulate);
 }
 
-OATS_AVX512 void expand_row_avx512(const void* values, int bf16, const uint8_t* mask, int64_t p, int64_t end,
-                                   int64_t d_in, float* o) {
+// kInside: the row's values end 16 or more before the array's end (whole loads stay inside it).
+template <bool kInside, int kBf16>
+OATS_AVX512 void expand_row_avx512(const void* values, const uint8_t* mask, int64_t p, int64_t end, int64_t d_in,
+                                   float* o) {
   const int64_t full = d_in / 16, rem = d_in % 16;
   for (int64_t c = 0; c < full; ++c) {
     uint16_t m;
     std::memcpy(&m, mask + 2 * c, 2);
-    _mm512_storeu_ps(o + 16 * c, avx512_expand(m, avx512_load16(values, bf16, p, end), bf16));
+    const __m512 v = kInside ? avx512_load16_inside(values, kBf16, p) : avx512_load16(values, kBf16, p, end);
+    _mm512_storeu_ps(o + 16 * c, avx512_expand(m, v, kBf16));
     p += __builtin_popcount(m);
   }
   if (rem) {
     uint16_t m = mask[2 * full];
     if (rem > 8) m |= static_cast<uint16_t>(mask[2 * full + 1]) << 8;
     const __mmask16 lanes = static_cast<__mmask16>((1u << rem) - 1);
-    _mm512_mask_storeu_ps(o + 16 * full, lanes, avx512_expand(m & lanes, avx512_load16(values, bf16, p, end), bf16));
+    _mm512_mask_storeu_ps(o + 16 * full, lanes, avx512_expand(m & lanes, avx512_load16(values, kBf16, p, end), kBf16));
   }
 }
 
@@ -265,21 +268,23 @@ __attribute__((target("avx2,fma"))) void expand_row_avx2(const void* values, int
 }
 
 // Row of bf16 values into a bf16 row (the 16-bit words copied, no widening): vpexpandw per 32 columns.
+// kInside: the row's values end 32 or more before the array's end, so whole 64-byte loads stay inside it.
+template <bool kInside>
 OATS_VBMI2 void expand_row_words_vbmi2(const uint16_t* values, const uint8_t* mask, int64_t p, int64_t end, int64_t d_in,
                                        uint16_t* o) {
-  for (int64_t c = 0; c < d_in; c += 32) {
-    const int64_t cols = d_in - c < 32 ? d_in - c : 32;
-    uint32_t m = 0;
-    std::memcpy(&m, mask + c / 8, static_cast<size_t>((cols + 7) / 8));
-    if (cols < 32) m &= (1u << cols) - 1;
-    const int64_t avail = end - p < 32 ? (end - p > 0 ? end - p : 0) : 32;
-    const __m512i v = avail ? _mm512_maskz_loadu_epi16(static_cast<__mmask32>(avail == 32 ? 0xFFFFFFFFu : (1u << avail) - 1),
-                                                       values + p)
-                            : _mm512_setzero_si512();
-    const __m512i e = _mm512_mask_expand_epi16(_mm512_castps_si512(fresh_zero()), m, v);
-    _mm512_mask_storeu_epi16(o + c, static_cast<__mmask32>(cols == 32 ? 0xFFFFFFFFu : (1u << cols) - 1), e);
+  const __m512i zero = _mm512_castps_si512(fresh_zero());
+  int64_t c = 0;
+  for (; c + 32 <= d_in; c += 32) {
+    uint32_t m;
+    std::memcpy(&m, mask + c / 8, 4);
+    const int64_t avail = end - p >= 32 ? 32 : (end > p ? end - p : 0);
+    const __m512i v = kInside ? _mm512_loadu_si512(values + p)
+                              : _mm512_maskz_loadu_epi16(static_cast<__mmask32>(avail == 32 ? ~0u : (1u << avail) - 1),
+                                                         values + p);
+    _mm512_storeu_si512(o + c, _mm512_mask_expand_epi16(zero, m, v));
     p += __builtin_popcount(m);
   }
+  for (; c < d_in; ++c) o[c] = (mask[c >> 3] >> (c & 7) & 1) ? values[p++] : 0;
 }
 
 void expand_row_words_scalar(const uint16_t* values, const uint8_t* mask, int64_t p, int64_t d_in, uint16_t* o) {
@@ -426,7 +431,9 @@ int oats_bitmask_to_dense(const void* values, int bf16, const uint8_t* bitmask, 
     for (int64_t i = r0; i < r1; ++i) {
       uint16_t* o = static_cast<uint16_t*>(out_rows) + (i - r0) * d_in;
       const auto* v = static_cast<const uint16_t*>(values);
-      if (isa >= kAvx512Vbmi2) expand_row_words_vbmi2(v, bitmask + i * stride, row_offsets[i], nnz, d_in, o);
+      const bool inside = (i + 1 < r1 ? row_offsets[i + 1] : nnz) + 32 <= nnz;
+      if (isa >= kAvx512Vbmi2 && inside) expand_row_words_vbmi2<true>(v, bitmask + i * stride, row_offsets[i], nnz, d_in, o);
+      else if (isa >= kAvx512Vbmi2) expand_row_words_vbmi2<false>(v, bitmask + i * stride, row_offsets[i], nnz, d_in, o);
       else expand_row_words_scalar(v, bitmask + i * stride, row_offsets[i], d_in, o);
     }
     return isa;
@@ -437,7 +444,9 @@ int oats_bitmask_to_dense(const void* values, int bf16, const uint8_t* bitmask, 
     float* o = static_cast<float*>(out_rows) + (i - r0) * d_in;
     int64_t p = row_offsets[i];
     if (isa >= kAvx512) {
-      expand_row_avx512(values, bf16, mrow, p, nnz, d_in, o);
+      const bool inside = (i + 1 < r1 ? row_offsets[i + 1] : nnz) + 16 <= nnz;
+      if (bf16) (inside ? expand_row_avx512<true, 1> : expand_row_avx512<false, 1>)(values, mrow, p, nnz, d_in, o);
+      else (inside ? expand_row_avx512<true, 0> : expand_row_avx512<false, 0>)(values, mrow, p, nnz, d_in, o);
     } else if (isa == kAvx2) {
       expand_row_avx2(values, bf16, mrow, p, nnz, d_in, o);
     } else {

@@ -71,26 +71,31 @@ inline const void* dense_row_ptr(const void* a, int bf16, int64_t k, int64_t len
 }
 
 // out (rows [i0, i1) x NV vectors, row-major, 16 * NV floats per row) = (or +=, with add) A rows [i0, i1)
-// (dense, len columns) against the panels of src (len x NV vectors).
+// (dense, len columns) against src (len x NV vectors): blocks of kBlock rows walk the panels of src in turn
+// (a panel stays in L1 while the block's row pairs use it; their partial sums stay in out).
 template <int NV, int kBf16>
 OATS_AVX512 void dense_rows(const void* A, int64_t i0, int64_t i1, int64_t len, const float* src, float* out, bool add) {
   constexpr int64_t kLd = 16 * NV;
-  for (int64_t i = i0; i < i1; i += 2) {
-    const bool pair = i + 1 < i1;
-    float* o0 = out + (i - i0) * kLd;
-    float* o1 = o0 + kLd;
-    __m512 acc0[NV], acc1[NV];
-    for (int v = 0; v < NV; ++v) {
-      acc0[v] = add ? _mm512_load_ps(o0 + 16 * v) : _mm512_setzero_ps();
-      acc1[v] = add && pair ? _mm512_load_ps(o1 + 16 * v) : _mm512_setzero_ps();
-    }
-    const void* a0 = dense_row_ptr(A, kBf16, i, len);
-    const void* a1 = pair ? dense_row_ptr(A, kBf16, i + 1, len) : nullptr;
-    for (int64_t k0 = 0; k0 < len; k0 += kPanel)
-      dense_panel<NV, kBf16>(a0, a1, k0, std::min(kPanel, len - k0), src + k0 * kLd, acc0, acc1);
-    for (int v = 0; v < NV; ++v) {
-      _mm512_store_ps(o0 + 16 * v, acc0[v]);
-      if (pair) _mm512_store_ps(o1 + 16 * v, acc1[v]);
+  for (int64_t b0 = i0; b0 < i1; b0 += kBlock) {
+    const int64_t b1 = std::min(b0 + kBlock, i1);
+    for (int64_t k0 = 0; k0 < len; k0 += kPanel) {
+      const bool first = k0 == 0 && !add;
+      for (int64_t i = b0; i < b1; i += 2) {
+        const bool pair = i + 1 < b1;
+        float* o0 = out + (i - i0) * kLd;
+        float* o1 = o0 + kLd;
+        __m512 acc0[NV], acc1[NV];
+        for (int v = 0; v < NV; ++v) {
+          acc0[v] = first ? _mm512_setzero_ps() : _mm512_load_ps(o0 + 16 * v);
+          acc1[v] = first || !pair ? _mm512_setzero_ps() : _mm512_load_ps(o1 + 16 * v);
+        }
+        dense_panel<NV, kBf16>(dense_row_ptr(A, kBf16, i, len), pair ? dense_row_ptr(A, kBf16, i + 1, len) : nullptr, k0,
+                               std::min(kPanel, len - k0), src + k0 * kLd, acc0, acc1);
+        for (int v = 0; v < NV; ++v) {
+          _mm512_store_ps(o0 + 16 * v, acc0[v]);
+          if (pair) _mm512_store_ps(o1 + 16 * v, acc1[v]);
+        }
+      }
     }
   }
 }
@@ -119,10 +124,7 @@ OATS_AVX512 void block(const SparseLayer& L, int64_t b0, int64_t b1, const float
       for (int v = 0; v < NV; ++v) _mm512_store_ps(o + 16 * v, acc[v]);
     }
   }
-  if (zt != nullptr) {  // + U Zt, into the same tile
-    const void* U_rows = dense_row_ptr(L.U, kFb16, b0, L.r);
-    dense_rows<NV, kFb16>(U_rows, 0, b1 - b0, L.r, zt, tile, true);
-  }
+  if (zt != nullptr) dense_rows<NV, kFb16>(L.U, b0, b1, L.r, zt, tile, true);  // + U Zt, into the same tile
 }
 
 // Reusable, 64-byte aligned scratch of at least n floats (the calling thread's: Python calls in one thread).
@@ -157,7 +159,7 @@ void chunk(const SparseLayer& L, const float* x, int64_t t0, int64_t nt, float* 
 #pragma omp barrier
     if (factors) {  // Zt = V Xt, V's rows split over the threads (in pairs)
       const int64_t pairs = (L.r + 1) / 2, k0 = 2 * (pairs * t / T), k1 = std::min(L.r, 2 * (pairs * (t + 1) / T));
-      if (k0 < k1) dense_rows<NV, kFb16>(dense_row_ptr(L.V, kFb16, k0, L.d_in), 0, k1 - k0, L.d_in, xt, zt + k0 * kLd, false);
+      if (k0 < k1) dense_rows<NV, kFb16>(L.V, k0, k1, L.d_in, xt, zt + k0 * kLd, false);
 #pragma omp barrier
     }
     alignas(64) float tile[kBlock * kLd];

@@ -27,7 +27,9 @@ from torch import nn
 from .. import native
 from ..sparse_format import BitmaskTensor
 
-TILE_BYTES = 2 << 20  # one expanded fp32 tile of rows (2 MiB: stays in this CPU's L2/L3 for the GEMM)
+# One expanded tile of rows. One 14336 x 4096 layer at 50%, bf16, 128 tokens, 2 threads (AMD EPYC Zen 5): 2 MiB
+# tiles 31.5 ms, 8 MiB 23.6 ms, 32 MiB 32.5 ms (fewer calls against a tile that still fits the L3).
+TILE_BYTES = 8 << 20
 PATHS = ("kernel", "spmm", "tile-gemm")
 
 
