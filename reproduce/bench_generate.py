@@ -7,10 +7,11 @@
 Compresses the real SmolLM2-135M (offline, 8 x 512 local calibration tokens; or loads a saved
 ``compressed.safetensors``), then times greedy generation (``--prompt`` tokens of WikiText-2, then
 ``--new`` tokens, KV cache) with the model's linears on each engine, interleaved over ``--repeats``:
-dense fp32 (PyTorch), the compressed model in PyTorch (``CompressedLinear``: S dense + factors),
-the native bitmask engine (fp32 and bf16 values) and the CSR engine. Prints tokens/s of the
-generation (prefill included) and whether each engine's greedy tokens equal the compressed
-PyTorch model's. SmolLM2's layers are small (the largest 3.5 MB), so this is cache-resident
+the dense equivalent (merged weights) in PyTorch and on the native dense engine (fp32 and bf16
+weights), the compressed model in PyTorch (``CompressedLinear``: S dense + factors), the native
+bitmask engine (fp32 and bf16 values) and the CSR engine. Prints tokens/s of the generation (prefill
+included), the speedup over the fastest dense engine of the same value type, and whether each
+engine's greedy tokens equal the compressed PyTorch model's. SmolLM2's layers are small (the largest 3.5 MB), so this is cache-resident
 speed; the out-of-cache Llama-3-8B-shaped blocks are ``reproduce/bench_speed.py``.
 """
 from __future__ import annotations
@@ -73,7 +74,12 @@ def main(argv=None) -> int:
     gen_kw = {"max_new_tokens": args.new, "min_new_tokens": args.new, "do_sample": False,
               "pad_token_id": tok.eos_token_id}
 
-    models = {"dense fp32 (torch)": merge_all(copy.deepcopy(model)), "compressed (torch)": model}
+    dense = merge_all(copy.deepcopy(model))
+    models = {"dense fp32 (torch)": dense}
+    if native.available():
+        models["dense fp32 (native)"] = to_engine(copy.deepcopy(dense), "native", dense=True)
+        models["dense bf16 (native)"] = to_engine(copy.deepcopy(dense), "native-bf16", dense=True)
+    models["compressed (torch)"] = model
     for engine in engines_here(dense=False, bf16=True):
         models[f"compressed ({engine})"] = to_engine(copy.deepcopy(model), engine)
     tokens, times = {}, {k: [] for k in models}
@@ -86,17 +92,20 @@ def main(argv=None) -> int:
                     times[name].append(time.perf_counter() - t)
                 tokens[name] = out[0, ids.shape[1]:]
     ref = tokens["compressed (torch)"]
-    dense_s = statistics.median(times["dense fp32 (torch)"])
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    fastest = {dt: min((n for n in med if n.startswith(f"dense {dt}")), key=med.get, default="dense fp32 (torch)")
+               for dt in ("fp32", "bf16")}
     print(f"SmolLM2-135M, {what}; prompt {ids.shape[1]} + {args.new} new tokens, greedy, {args.repeats} repeats; "
           f"CPU {cpu_model()}, {args.threads} threads, native kernels {native.status()}"
           + (f", ISA {os.environ.get('OATS_ISA') or native.best_isa()}" if native.available() else ""))
-    print(f"{'engine':<28}{'median s':>10}{'tokens/s':>10}{'vs dense':>10}  greedy tokens = compressed (torch)")
+    print(f"fastest dense: {fastest['fp32']} (fp32 engines), {fastest['bf16']} (bf16 engines)")
+    print(f"{'engine':<30}{'median s':>10}{'tokens/s':>10}{'vs dense':>10}  greedy tokens = compressed (torch)")
     for name, ts in times.items():
-        med = statistics.median(ts)
+        dt = "bf16" if "bf16" in name else "fp32"
         same = "(reference)" if name == "compressed (torch)" else \
             ("yes" if torch.equal(tokens[name], ref) else
              f"no: first difference at token {int((tokens[name] != ref).nonzero()[0])}")
-        print(f"{name:<28}{med:>10.3f}{args.new / med:>10.1f}{dense_s / med:>9.2f}x  {same}")
+        print(f"{name:<30}{med[name]:>10.3f}{args.new / med[name]:>10.1f}{med[fastest[dt]] / med[name]:>9.2f}x  {same}")
     return 0
 
 

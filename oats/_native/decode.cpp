@@ -39,9 +39,9 @@ constexpr int64_t kMaskAhead = 512;
 constexpr int64_t kFactorsAhead = 2048;
 
 // Prefetch of the stream of `values` (vb bytes each) kValuesAhead bytes past position p. The loops call it at
-// every chunk's first value (chunks at most 64 bytes apart), so every line is requested once or more with
-// no branch on how far the position moved (a loop over "lines not yet requested" mispredicts its exit
-// whenever a word's values span a varying number of lines).
+// fixed points of each 64-column word (its first and third chunk: lines the hardware prefetcher has not
+// already asked for are rare), with no branch on how far the position moved (a loop over "lines not yet
+// requested" mispredicts its exit whenever a word's values span a varying number of lines).
 inline void ahead(const void* values, int vb, int64_t p) {
   _mm_prefetch(static_cast<const char*>(values) + p * vb + kValuesAhead, _MM_HINT_T0);
 }
@@ -82,21 +82,20 @@ OATS_AVX512 float sparse_row(const void* values, const uint8_t* mrow, int64_t p,
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   const int64_t words = d_in / 64;
   for (int64_t w = 0; w < words; ++w) {
+    const uint8_t* mw = mrow + 8 * w;
     uint64_t m;
-    std::memcpy(&m, mrow + 8 * w, 8);
+    std::memcpy(&m, mw, 8);
     const int64_t p1 = p + _mm_popcnt_u64(m & 0xFFFFull), p2 = p + _mm_popcnt_u64(m & 0xFFFFFFFFull),
                   p3 = p + _mm_popcnt_u64(m & 0xFFFFFFFFFFFFull);
-    ahead(values, vb, p), ahead(values, vb, p1), ahead(values, vb, p2), ahead(values, vb, p3);
-    if ((w & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(mrow + 8 * w) + kMaskAhead, _MM_HINT_T0);
+    ahead(values, vb, p), ahead(values, vb, p2);  // (4 per word, one per chunk: no faster)
+    if ((w & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(mw) + kMaskAhead, _MM_HINT_T0);
     const float* xw = x + 64 * w;
-    a0 = _mm512_fmadd_ps(avx512_expand(static_cast<uint16_t>(m), load16<kInside>(values, kBf16, p, end), kBf16),
-                         _mm512_loadu_ps(xw), a0);
-    a1 = _mm512_fmadd_ps(avx512_expand(static_cast<uint16_t>(m >> 16), load16<kInside>(values, kBf16, p1, end), kBf16),
-                         _mm512_loadu_ps(xw + 16), a1);
-    a2 = _mm512_fmadd_ps(avx512_expand(static_cast<uint16_t>(m >> 32), load16<kInside>(values, kBf16, p2, end), kBf16),
-                         _mm512_loadu_ps(xw + 32), a2);
-    a3 = _mm512_fmadd_ps(avx512_expand(static_cast<uint16_t>(m >> 48), load16<kInside>(values, kBf16, p3, end), kBf16),
-                         _mm512_loadu_ps(xw + 48), a3);
+    const uint16_t k0 = static_cast<uint16_t>(m), k1 = static_cast<uint16_t>(m >> 16), k2 = static_cast<uint16_t>(m >> 32),
+                   k3 = static_cast<uint16_t>(m >> 48);
+    a0 = _mm512_fmadd_ps(avx512_expand(k0, load16<kInside>(values, kBf16, p, end), kBf16), _mm512_loadu_ps(xw), a0);
+    a1 = _mm512_fmadd_ps(avx512_expand(k1, load16<kInside>(values, kBf16, p1, end), kBf16), _mm512_loadu_ps(xw + 16), a1);
+    a2 = _mm512_fmadd_ps(avx512_expand(k2, load16<kInside>(values, kBf16, p2, end), kBf16), _mm512_loadu_ps(xw + 32), a2);
+    a3 = _mm512_fmadd_ps(avx512_expand(k3, load16<kInside>(values, kBf16, p3, end), kBf16), _mm512_loadu_ps(xw + 48), a3);
     p += _mm_popcnt_u64(m);
   }
   const int64_t full = d_in / 16;
