@@ -188,18 +188,24 @@ def bitmask_prefill(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: to
     r = 0 if V is None else V.shape[0]
     if r:
         _check_factors(V, U, d_in, d_out, "bitmask_prefill")
-    if x.dim() != 2 or x.shape[1] != d_in or x.dtype != torch.float32 or not x.is_contiguous():
-        raise ValueError(f"bitmask_prefill: x must be contiguous fp32 (n, {d_in}), got {x.dtype} {tuple(x.shape)}")
-    n = x.shape[0]
-    if out is None:
-        if accumulate:
-            raise ValueError("accumulate=True needs an out tensor to add to")
-        out = torch.empty(n, d_out, dtype=torch.float32)
+    n, out = _tokens_and_output(x, d_in, d_out, out, accumulate, "bitmask_prefill")
     used = lib.oats_bitmask_prefill(values.data_ptr(), _check_values(values), bitmask.data_ptr(), row_offsets.data_ptr(),
                                     values.numel(), d_out, d_in, x.data_ptr(), n, out.data_ptr(), int(accumulate),
                                     V.data_ptr() if r else None, U.data_ptr() if r else None,
                                     int(r > 0 and V.dtype == torch.bfloat16), r, torch.get_num_threads())
     return out if used else None
+
+
+def _tokens_and_output(x: torch.Tensor, d_in: int, d_out: int, out: torch.Tensor | None, accumulate: bool,
+                       who: str) -> tuple[int, torch.Tensor]:
+    """(n, the (n, d_out) fp32 output): x checked as (n, d_in) contiguous fp32; ``out`` or a new tensor."""
+    if x.dim() != 2 or x.shape[1] != d_in or x.dtype != torch.float32 or not x.is_contiguous():
+        raise ValueError(f"{who}: x must be contiguous fp32 (n, {d_in}), got {x.dtype} {tuple(x.shape)}")
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs an out tensor to add to")
+        out = torch.empty(x.shape[0], d_out, dtype=torch.float32)
+    return x.shape[0], out
 
 
 def _check_factors(V: torch.Tensor, U: torch.Tensor, d_in: int, d_out: int, who: str) -> None:
@@ -242,13 +248,7 @@ def dense_matmul(W: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = No
     if W.dim() != 2 or not W.is_contiguous():
         raise ValueError(f"dense_matmul takes a contiguous 2-D weight, got {tuple(W.shape)}")
     d_out, d_in = W.shape
-    if x.dim() != 2 or x.shape[1] != d_in or x.dtype != torch.float32 or not x.is_contiguous():
-        raise ValueError(f"dense_matmul: x must be contiguous fp32 (n, {d_in}), got {x.dtype} {tuple(x.shape)}")
-    n = x.shape[0]
-    if out is None:
-        if accumulate:
-            raise ValueError("accumulate=True needs an out tensor to add to")
-        out = torch.empty(n, d_out, dtype=torch.float32)
+    n, out = _tokens_and_output(x, d_in, d_out, out, accumulate, "dense_matmul")
     used = lib.oats_dense_matmul(W.data_ptr(), _check_values(W), d_out, d_in, x.data_ptr(), n, out.data_ptr(),
                                  int(accumulate), _isa_code(isa), torch.get_num_threads())
     return out, _ISA_NAMES[used]

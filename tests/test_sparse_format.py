@@ -120,6 +120,26 @@ def test_lowrank_decode_same_on_any_thread_count(d_out, d_in, r):
     assert torch.allclose(ys[0].double(), ref, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.skipif("avx512" not in ISAS, reason="the prefill kernel is AVX-512 only")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_same_on_any_thread_count(dtype):
+    """The prefill kernel gives the same bits on 1, 2 or 3 threads (rows and V's rows split differently)."""
+    g = torch.Generator().manual_seed(5)
+    d_out, d_in, r, n = 300, 200, 37, 40
+    b = BitmaskTensor.from_dense(sparse_matrix(d_out, d_in, 0.45, seed=d_out), dtype)
+    U, V = torch.randn(d_out, r, generator=g).to(dtype), torch.randn(r, d_in, generator=g).to(dtype)
+    x = torch.randn(n, d_in, generator=g)
+    before = torch.get_num_threads()
+    try:
+        ys = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            ys.append(native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, x, V, U))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
+
+
 @needs_native
 def test_lowrank_decode_refuses_factors_that_do_not_fit():
     b = BitmaskTensor.from_dense(sparse_matrix(6, 20, 0.5))

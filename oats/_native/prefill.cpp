@@ -75,8 +75,8 @@ inline const void* dense_row_ptr(const void* a, int bf16, int64_t k, int64_t len
 }
 
 // out (rows [i0, i1) x NV vectors, row-major, 16 * NV floats per row) = (or +=, with add) A rows [i0, i1)
-// (dense, len columns) against src (len x NV vectors): blocks of kBlock rows walk the panels of src in turn
-// (a panel stays in L1 while the block's row pairs use it; their partial sums stay in out).
+// (dense, len columns) against src (len x NV vectors): blocks of kPairBlock rows walk the panels of src in
+// turn (a panel stays in L1 while the block's row pairs use it; their partial sums stay in out).
 template <int NV, int kBf16>
 OATS_AVX512 void dense_rows(const void* A, int64_t i0, int64_t i1, int64_t len, const float* src, float* out, bool add) {
   constexpr int64_t kLd = 16 * NV;

@@ -37,7 +37,25 @@ def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-class BitmaskLinear(nn.Module):
+class _NativeModule(nn.Module):
+    """A linear whose ``matmul`` (n, d_in) -> (n, d_out) fp32 is native; bias and shapes around it."""
+
+    out_features: int
+    bias: torch.Tensor | None
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_in) -> (..., d_out) in x's dtype."""
+        shape = x.shape
+        y = self.matmul(x.reshape(-1, shape[-1]))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+
+class BitmaskLinear(_NativeModule):
     """One linear layer on the bitmask engine (see the module doc).
 
     S: the sparse part (its values' dtype sets the factors' dtype). U: (d_out, r), V: (r, d_in) or
@@ -140,14 +158,6 @@ class BitmaskLinear(nn.Module):
             return self._apply(x, "kernel")
         return self._apply(x, self._choose(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., d_in) -> (..., d_out) in x's dtype."""
-        shape = x.shape
-        y = self.matmul(x.reshape(-1, shape[-1]))
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
-
     def extra_repr(self) -> str:
         picked = ", ".join(f"n<={b}: {p}" for b, p in sorted(self.choices.items()))
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, values={self.S.values.dtype}, "
@@ -155,7 +165,7 @@ class BitmaskLinear(nn.Module):
                 + (f", picked [{picked}]" if picked else ""))
 
 
-class NativeDenseLinear(nn.Module):
+class NativeDenseLinear(_NativeModule):
     """A dense linear on the native kernels: the dense engine the sparse ones are measured against.
 
     One token streams W (fp32 or bf16, fp32 x and accumulation) through :func:`oats.native.dense_matmul`
@@ -177,13 +187,6 @@ class NativeDenseLinear(nn.Module):
         if x.shape[0] == 1 and native.available():
             return native.dense_matmul(self.W, x)[0]
         return torch.nn.functional.linear(x.to(self.W.dtype), self.W).float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        y = self.matmul(x.reshape(-1, shape[-1]))
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, weights={self.W.dtype}"
