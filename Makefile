@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: setup demo test test-fast clean fmnist
 
-$(BIN)/.installed: pyproject.toml setup.py constraints.txt $(wildcard oats/_native/*.cpp)
+$(BIN)/.installed: pyproject.toml setup.py constraints.txt $(wildcard oats/_native/*.cpp oats/_native/*.h)
 	$(PY) -m venv $(VENV)
 	$(PIP) torch
 	$(PIP) -e '.[eval,test,speed]'

@@ -242,6 +242,8 @@ OATS_AVX512 void expand_row_avx512(const void* values, const uint8_t* mask, int6
   for (int64_t c = 0; c < full; ++c) {
     uint16_t m;
     std::memcpy(&m, mask + 2 * c, 2);
+    ahead(values, kBf16 ? 2 : 4, p);  // rows streamed from memory (tile + GEMM): the sources prefetched
+    if ((c & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(mask + 2 * c) + kMaskAhead, _MM_HINT_T0);
     const __m512 v = kInside ? avx512_load16_inside(values, kBf16, p) : avx512_load16(values, kBf16, p, end);
     _mm512_storeu_ps(o + 16 * c, avx512_expand(m, v, kBf16));
     p += __builtin_popcount(m);
@@ -277,6 +279,8 @@ OATS_VBMI2 void expand_row_words_vbmi2(const uint16_t* values, const uint8_t* ma
   for (; c + 32 <= d_in; c += 32) {
     uint32_t m;
     std::memcpy(&m, mask + c / 8, 4);
+    ahead(values, 2, p);
+    if ((c & 511) == 0) _mm_prefetch(reinterpret_cast<const char*>(mask + c / 8) + kMaskAhead, _MM_HINT_T0);
     const int64_t avail = end - p >= 32 ? 32 : (end > p ? end - p : 0);
     const __m512i v = kInside ? _mm512_loadu_si512(values + p)
                               : _mm512_maskz_loadu_epi16(static_cast<__mmask32>(avail == 32 ? ~0u : (1u << avail) - 1),

@@ -27,25 +27,6 @@
 namespace oats_native {
 namespace {
 
-// Prefetch distances (bytes ahead of the current position) of the value, mask and factor streams. One
-// token through a 14336 x 4096 layer at 60% density (fp32, 2 threads, AMD EPYC Zen 5): 2048 -> 4096
-// bytes ahead took the values stream from 40 to 44 GB/s (8192: the same), against 46 GB/s for a dense
-// gemv of the same layer.
-#ifndef OATS_DECODE_PREFETCH
-#define OATS_DECODE_PREFETCH 4096
-#endif
-constexpr int64_t kValuesAhead = OATS_DECODE_PREFETCH;
-constexpr int64_t kMaskAhead = 512;
-constexpr int64_t kFactorsAhead = 2048;
-
-// Prefetch of the stream of `values` (vb bytes each) kValuesAhead bytes past position p. The loops call it at
-// fixed points of each 64-column word (its first and third chunk: lines the hardware prefetcher has not
-// already asked for are rare), with no branch on how far the position moved (a loop over "lines not yet
-// requested" mispredicts its exit whenever a word's values span a varying number of lines).
-inline void ahead(const void* values, int vb, int64_t p) {
-  _mm_prefetch(static_cast<const char*>(values) + p * vb + kValuesAhead, _MM_HINT_T0);
-}
-
 // --------------------------------------------------------------- loads that may stop at the array's end
 template <bool kInside>
 OATS_AVX512 inline __m512 load16(const void* values, int bf16, int64_t p, int64_t end) {

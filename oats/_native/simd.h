@@ -1,6 +1,6 @@
 // Shared pieces of the bitmask kernels (bitmask.cpp: the C entry points, batches, prefill, expansion;
 // decode.cpp: one token on AVX-512): value access, the instruction-set paths, the AVX-512 loads and
-// expands, the software-prefetch cursor.
+// expands, the prefetch distances of the streamed rows.
 #pragma once
 
 #include <immintrin.h>
@@ -100,6 +100,25 @@ OATS_AVX512 inline __m512 avx512_expand(uint16_t m, __m512 v, int bf16) {
   const __m256i hi = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.perm[m >> 8])),
                                       _mm256_set1_epi32(__builtin_popcount(m & 0xFF)));
   return _mm512_mask_permutexvar_ps(fresh_zero(), m, _mm512_inserti32x8(_mm512_castsi256_si512(lo), hi, 1), v);
+}
+
+// Prefetch distances (bytes ahead of the current position) of the value, mask and factor streams. One
+// token through a 14336 x 4096 layer at 60% density (fp32, 2 threads, AMD EPYC Zen 5): 2048 -> 4096
+// bytes ahead took the values stream from 40 to 44 GB/s (8192: the same), against 46 GB/s for a dense
+// gemv of the same layer.
+#ifndef OATS_DECODE_PREFETCH
+#define OATS_DECODE_PREFETCH 4096
+#endif
+constexpr int64_t kValuesAhead = OATS_DECODE_PREFETCH;
+constexpr int64_t kMaskAhead = 512;
+constexpr int64_t kFactorsAhead = 2048;
+
+// Prefetch of the stream of `values` (vb bytes each) kValuesAhead bytes past position p. The loops call it at
+// fixed points of each 64-column word (its first and third chunk: lines the hardware prefetcher has not
+// already asked for are rare), with no branch on how far the position moved (a loop over "lines not yet
+// requested" mispredicts its exit whenever a word's values span a varying number of lines).
+inline void ahead(const void* values, int vb, int64_t p) {
+  _mm_prefetch(static_cast<const char*>(values) + p * vb + kValuesAhead, _MM_HINT_T0);
 }
 
 // One layer for the decode and prefill kernels: S in the bitmask format, optionally with the factors U (d_out x r)
