@@ -23,6 +23,29 @@ ISAS = {"scalar": 1, "avx2": 2, "avx512": 3, "avx512vbmi2": 4}  # the bitmask ke
 _ISA_NAMES = {code: name for name, code in ISAS.items()}
 
 
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+# The C entry points of oats/_native: name -> (return type, argument types).
+_SIGNATURES = {
+    "oats_row_topk": (_I64, [_P, _I64, _I64, _I64, _P, _INT, _P, _P, _INT]),
+    "oats_best_isa": (_INT, []),
+    "oats_bitmask_matmul": (_INT, [_P, _INT, _P, _P, _I64, _I64, _I64, _P, _I64, _P, _INT, _INT, _INT]),
+    "oats_bitmask_lowrank_decode": (_INT, [_P, _INT, _P, _P, _I64, _I64, _I64, _P, _P, _INT, _P, _P, _INT, _I64, _P,
+                                           _INT, _INT]),
+    "oats_bitmask_prefill": (_INT, [_P, _INT, _P, _P, _I64, _I64, _I64, _P, _I64, _P, _INT, _P, _P, _INT, _I64, _INT]),
+    "oats_dense_matmul": (_INT, [_P, _INT, _I64, _I64, _P, _I64, _P, _INT, _INT, _INT]),
+    "oats_bitmask_to_dense": (_INT, [_P, _INT, _P, _P, _I64, _I64, _I64, _I64, _P, _INT, _INT, _INT]),
+}
+
+
+def declare(lib: ctypes.CDLL, names) -> ctypes.CDLL:
+    """Sets the ctypes signatures of the named entry points of a build of the kernels (this one, or another
+    commit's, for :mod:`reproduce.bench_kernels`)."""
+    for name in names:
+        f = getattr(lib, name)
+        f.restype, f.argtypes = _SIGNATURES[name]
+    return lib
+
+
 @lru_cache(maxsize=None)
 def _load() -> tuple[ctypes.CDLL | None, str]:
     if os.environ.get("OATS_NATIVE", "1") == "0":
@@ -35,23 +58,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         lib = ctypes.CDLL(spec.origin)
     except OSError as e:
         return None, f"{spec.origin} does not load ({e}); PyTorch fallback in use"
-    f = lib.oats_row_topk
-    f.restype = ctypes.c_int64
-    f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
-                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    P, I64, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.oats_best_isa.restype = INT
-    lib.oats_best_isa.argtypes = []
-    lib.oats_bitmask_matmul.restype = INT
-    lib.oats_bitmask_matmul.argtypes = [P, INT, P, P, I64, I64, I64, P, I64, P, INT, INT, INT]
-    lib.oats_bitmask_lowrank_decode.restype = INT
-    lib.oats_bitmask_lowrank_decode.argtypes = [P, INT, P, P, I64, I64, I64, P, P, INT, P, P, INT, I64, P, INT, INT]
-    lib.oats_bitmask_prefill.restype = INT
-    lib.oats_bitmask_prefill.argtypes = [P, INT, P, P, I64, I64, I64, P, I64, P, INT, P, P, INT, I64, INT]
-    lib.oats_dense_matmul.restype = INT
-    lib.oats_dense_matmul.argtypes = [P, INT, I64, I64, P, I64, P, INT, INT, INT]
-    lib.oats_bitmask_to_dense.restype = INT
-    lib.oats_bitmask_to_dense.argtypes = [P, INT, P, P, I64, I64, I64, I64, P, INT, INT, INT]
+    declare(lib, _SIGNATURES)
     return lib, f"built ({os.path.basename(spec.origin)})"
 
 

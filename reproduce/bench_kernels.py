@@ -24,14 +24,6 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # OpenBLAS threads sleep 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load(path: str) -> ctypes.CDLL:
-    P, I64, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib = ctypes.CDLL(path)
-    lib.oats_bitmask_matmul.argtypes = [P, INT, P, P, I64, I64, I64, P, I64, P, INT, INT, INT]
-    lib.oats_bitmask_lowrank_decode.argtypes = [P, INT, P, P, I64, I64, I64, P, P, INT, P, P, INT, I64, P, INT, INT]
-    return lib
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--old", required=True, help="the other build's _kernels*.so")
@@ -49,6 +41,7 @@ def main(argv=None) -> int:
     import torch
 
     from oats.budget import layer_budget
+    from oats.native import declare
     from oats.runtime import cpu_model
     from oats.sparse_format import BitmaskTensor
 
@@ -56,7 +49,8 @@ def main(argv=None) -> int:
     for path in (args.old, new):
         if not Path(path).is_file():
             raise SystemExit(f"kernels {path!r}: no such file")
-    libs = {"old": load(args.old), "new": load(new)}
+    libs = {k: declare(ctypes.CDLL(path), ("oats_bitmask_matmul", "oats_bitmask_lowrank_decode"))
+            for k, path in (("old", args.old), ("new", new))}
 
     def layer(d_out: int, d_in: int, c: float, rr: float, dt: torch.dtype, seed: int):
         b = layer_budget(d_out, d_in, c, rr)

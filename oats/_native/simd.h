@@ -114,9 +114,10 @@ constexpr int64_t kMaskAhead = 512;
 constexpr int64_t kFactorsAhead = 2048;
 
 // Prefetch of the stream of `values` (vb bytes each) kValuesAhead bytes past position p. The loops call it at
-// fixed points of each 64-column word (its first and third chunk: lines the hardware prefetcher has not
-// already asked for are rare), with no branch on how far the position moved (a loop over "lines not yet
-// requested" mispredicts its exit whenever a word's values span a varying number of lines).
+// fixed points, with no branch on how far the position moved (a loop over "lines not yet requested"
+// mispredicts its exit whenever a word's values span a varying number of lines): decode at the first and
+// third chunk of each 64-column word (lines the hardware prefetcher has not already asked for are rare),
+// the expansions to dense rows (bitmask.cpp) at every chunk.
 inline void ahead(const void* values, int vb, int64_t p) {
   _mm_prefetch(static_cast<const char*>(values) + p * vb + kValuesAhead, _MM_HINT_T0);
 }
