@@ -276,3 +276,32 @@ def test_dense_kernel_matches_pytorch(d_out, d_in, n, dtype, isa):
     assert torch.allclose(y2, y + 1, atol=1e-5 * float(scale.max()) + 1e-6)
     with pytest.raises(ValueError, match=rf"x must be contiguous fp32 \(n, {d_in}\)"):
         native.dense_matmul(W, torch.randn(n, d_in + 1))
+
+
+def test_bitmask_linear_choice_is_not_fooled_by_one_slow_call(monkeypatch):
+    """The path is picked by each path's fastest of several interleaved calls: one disturbed call of the
+    fastest path (as a shared machine gives) does not hand the choice to a slower one."""
+    import oats.speed.bitmask_engine as engine
+
+    if not native.available():
+        pytest.skip("the choice is made only with the native kernels")
+    clock = [0.0]
+    cost = {"kernel": 3.0, "spmm": 1.0, "tile-gemm": 2.0}
+    calls: list[str] = []
+
+    def fake_apply(self, x, path):
+        calls.append(path)
+        # spmm's first timed call (after the warm-up round) is disturbed
+        clock[0] += 10.0 if path == "spmm" and calls.count("spmm") == 2 else cost[path]
+        return torch.zeros(x.shape[0], self.out_features)
+
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(engine.BitmaskLinear, "_apply", fake_apply)
+    monkeypatch.setattr(engine.native, "best_isa", lambda: "avx512")
+    layer = BitmaskLinear.from_dense_parts(sparse_matrix(8, 16, 0.5))
+    layer(torch.randn(5, 16))
+    assert layer.choices == {8: "spmm"}
+    timing = 3 * (1 + engine.CHOOSE_ROUNDS)  # one warm-up round, then the timed rounds
+    assert calls[timing:] == ["spmm"]  # then the product itself
+    layer(torch.randn(7, 16))  # the same bucket: chosen once
+    assert calls[timing:] == ["spmm", "spmm"]

@@ -4,18 +4,19 @@ The sparse part runs on the native kernels (:func:`oats.native.bitmask_matmul`, 
 chosen at run time, OpenMP over output rows), the low-rank part through PyTorch's BLAS. Values and
 factors are fp32 or bf16 (fp32 accumulation either way).
 
-Per phase the module picks the fastest way to compute the layer, once per token-count bucket (powers
-of two), by timing them on the layer itself: **spmm** (AVX-512 only: :func:`oats.native.bitmask_prefill`,
-S walked by its set bits against L1-sized panels of the transposed tokens, each nonzero broadcast into
-FMAs over up to 128 tokens, and the factors as dense rows, all in one native call: work proportional to
-the kept parameters, the compute-bound prefill), the **kernel** (reads each weight's bit and value once
-per group of 8 tokens; factors through PyTorch) and **tile + GEMM** (expands a tile of rows to dense,
-fp32 or bf16 as the values, then a PyTorch GEMM over all tokens; factors through PyTorch). No dense copy
-of the weights is kept: a tile is at most ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it
-picked. One token (decode) goes through the sparse and the low-rank parts in one native call
+Per phase the module picks the fastest way to compute the layer, once per token-count bucket (powers of
+two), by timing them on the layer itself (``CHOOSE_ROUNDS`` interleaved rounds, each path judged by its
+fastest call): **spmm** (AVX-512 only: :func:`oats.native.bitmask_prefill`, S walked by its set bits
+against L1-sized panels of the transposed tokens, each nonzero broadcast into FMAs over up to 128 tokens,
+and the factors as dense rows, all in one native call: work proportional to the kept parameters, the
+compute-bound prefill), the **kernel** (reads each weight's bit and value once per group of 8 tokens;
+factors through PyTorch) and **tile + GEMM** (expands a tile of rows to dense, fp32 or bf16 as the
+values, then a PyTorch GEMM over all tokens; factors through PyTorch). No dense copy of the weights is
+kept: a tile is at most ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked. One token
+(decode) goes through the sparse and the low-rank parts in one native call
 (:func:`oats.native.bitmask_lowrank_decode`: z = V x, then each row's sparse sum plus U_i . z, on the
-kernels' own OpenMP threads). Handing the factors to numpy's OpenBLAS instead made OATS decode 3x
-slower: its threads spin after each call (``OPENBLAS_THREAD_TIMEOUT``, :mod:`oats.speed.env`).
+kernels' own OpenMP threads). Handing the factors to numpy's OpenBLAS instead made OATS decode 3x slower:
+its threads spin after each call (``OPENBLAS_THREAD_TIMEOUT``, :mod:`oats.speed.env`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ from ..sparse_format import BitmaskTensor
 # 30-60% density (the expansion streams its sources with software prefetch: 4.5 -> 2.2 ms per layer).
 TILE_BYTES = 4 << 20
 PATHS = ("kernel", "spmm", "tile-gemm")
+# Timed rounds per choice, the paths interleaved within each and each judged by its fastest call: on a
+# shared machine one call per path (as before) picked differently between layers of the same shape.
+CHOOSE_ROUNDS = 3
 
 
 def _bucket(n: int) -> int:
@@ -139,12 +143,15 @@ class BitmaskLinear(_NativeModule):
         b = _bucket(n)
         if b not in self.choices:
             avx512 = native.ISAS[native.best_isa()] >= native.ISAS["avx512"]
-            seconds = {}
-            for path in PATHS if avx512 else ("kernel", "tile-gemm"):
+            paths = PATHS if avx512 else ("kernel", "tile-gemm")
+            for path in paths:
                 self._apply(x, path)  # warm
-                t = time.perf_counter()
-                self._apply(x, path)
-                seconds[path] = time.perf_counter() - t
+            seconds = dict.fromkeys(paths, float("inf"))
+            for _ in range(CHOOSE_ROUNDS):  # paths interleaved, each judged by its fastest call
+                for path in paths:
+                    t = time.perf_counter()
+                    self._apply(x, path)
+                    seconds[path] = min(seconds[path], time.perf_counter() - t)
             self.choices[b] = min(seconds, key=seconds.get)
         return self.choices[b]
 
