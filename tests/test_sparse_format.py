@@ -27,7 +27,8 @@ def sparse_matrix(d_out, d_in, density, seed=0, pattern=None):
 
 SHAPES = [(1, 1, 1), (5, 3, 1), (7, 17, 3), (33, 100, 9), (16, 31, 20), (64, 257, 1), (40, 64, 8), (24, 48, 2),
           (8, 48, 1), (9, 40, 1), (6, 24, 1),  # n = 1: the decode path (odd and even chunk counts, tails)
-          (5, 64, 1), (7, 96, 1), (9, 130, 1), (33, 200, 1), (12, 1000, 1), (3, 161, 1)]  # 64-column words, 32-groups
+          (5, 64, 1), (7, 96, 1), (9, 130, 1), (33, 200, 1), (12, 1000, 1), (3, 161, 1),  # 64-column words, 32-groups
+          (5, 8197, 1), (4, 8256, 1)]  # wide rows (x more than L1 holds), tails
 
 
 def test_layout_is_compressed_tensors_sparse_bitmask():
@@ -81,7 +82,8 @@ def test_kernel_matches_pytorch(d_out, d_in, n, dtype, isa):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d_out,d_in,r", [(1, 1, 1), (5, 3, 2), (9, 40, 0), (37, 53, 5), (64, 257, 1), (130, 96, 33),
-                                          (8, 48, 70), (20, 1000, 130), (11, 161, 64)])  # tails, r > d_in
+                                          (8, 48, 70), (20, 1000, 130), (11, 161, 64),  # tails, r > d_in
+                                          (7, 8219, 3), (6, 8256, 0)])  # wide rows
 def test_lowrank_decode_matches_pytorch(d_out, d_in, r, dtype, isa):
     """One token through S + U V in one native call: S x + U (V x) within the fp32 bound, y += with accumulate."""
     g = torch.Generator().manual_seed(d_out + d_in)
@@ -97,16 +99,21 @@ def test_lowrank_decode_matches_pytorch(d_out, d_in, r, dtype, isa):
     y2 = torch.full((d_out,), 2.0)
     native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, d_in, x, V, U, out=y2, accumulate=True, isa=isa)
     assert torch.allclose(y2, y + 2, atol=1e-5 * float(scale.max()) + 1e-6)
+    shifted = torch.cat([torch.zeros(1), x])[1:]  # x 4 bytes past a 64-byte boundary: read from an aligned copy
+    assert shifted.data_ptr() % 64 != 0
+    assert torch.equal(native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, d_in, shifted, V, U, isa=isa)[0], y)
 
 
 @needs_native
-@pytest.mark.parametrize("d_out,d_in,r", [(300, 1000, 299), (1000, 64, 40), (4, 4096, 3)])
-def test_lowrank_decode_same_on_any_thread_count(d_out, d_in, r):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d_out,d_in,r", [(300, 1000, 299), (1000, 64, 40), (4, 4096, 3), (9, 8200, 5)])
+def test_lowrank_decode_same_on_any_thread_count(d_out, d_in, r, dtype):
     """The fused decode gives the same bits on 1, 2 or 3 threads (rows split differently over threads),
-    for tall, wide and one-block layers."""
+    for tall, wide and one-block layers, fp32 and bf16."""
     g = torch.Generator().manual_seed(r)
-    b = BitmaskTensor.from_dense(sparse_matrix(d_out, d_in, 0.45, seed=d_out), torch.float32)
-    U, V, x = torch.randn(d_out, r, generator=g), torch.randn(r, d_in, generator=g), torch.randn(d_in, generator=g)
+    b = BitmaskTensor.from_dense(sparse_matrix(d_out, d_in, 0.45, seed=d_out), dtype)
+    U, V = torch.randn(d_out, r, generator=g).to(dtype), torch.randn(r, d_in, generator=g).to(dtype)
+    x = torch.randn(d_in, generator=g)
     before = torch.get_num_threads()
     try:
         ys = []
