@@ -115,6 +115,16 @@ def best_isa() -> str:
     return _ISA_NAMES[code]
 
 
+def isa_in_use() -> str:
+    """The path the kernels take when no ``isa`` is passed: ``OATS_ISA`` where set (never above what this CPU
+    has, as the kernels clamp it), else :func:`best_isa`."""
+    best = best_isa()
+    forced = os.environ.get("OATS_ISA") or None
+    if forced is None:
+        return best
+    return forced if _isa_code(forced) <= ISAS[best] else best
+
+
 def _check_values(values: torch.Tensor) -> int:
     """1 for bf16 values, 0 for fp32; anything else is refused (the kernels read raw memory)."""
     if values.dtype not in (torch.float32, torch.bfloat16) or values.device.type != "cpu":
@@ -186,11 +196,14 @@ def bitmask_prefill(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: to
                     out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor | None:
     """``x S^T + (x V^T) U^T`` for n tokens x (n, d_in) fp32 contiguous, in one native call: (n, d_out) fp32.
 
-    The prefill product (AVX-512 only; None elsewhere, nothing computed): S walked by its set bits against
+    The prefill product (AVX-512 only: None elsewhere or where ``OATS_ISA`` asks for less, nothing
+    computed): S walked by its set bits against
     L1-sized panels of the transposed tokens (work proportional to the nonzeros), the factors (both fp32
     or both bf16, or None) as dense rows. ``out`` / ``accumulate`` as in :func:`bitmask_matmul`.
     """
     lib = _lib()
+    if ISAS[isa_in_use()] < ISAS["avx512"]:
+        return None
     d_out = bitmask.shape[0]
     r = 0 if V is None else V.shape[0]
     if r:

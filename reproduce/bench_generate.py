@@ -97,7 +97,7 @@ def main(argv=None) -> int:
                for dt in ("fp32", "bf16")}
     print(f"SmolLM2-135M, {what}; prompt {ids.shape[1]} + {args.new} new tokens, greedy, {args.repeats} repeats; "
           f"CPU {cpu_model()}, {args.threads} threads, native kernels {native.status()}"
-          + (f", ISA {os.environ.get('OATS_ISA') or native.best_isa()}" if native.available() else ""))
+          + (f", ISA {native.isa_in_use()}" if native.available() else ""))
     print(f"fastest dense: {fastest['fp32']} (fp32 engines), {fastest['bf16']} (bf16 engines)")
     print(f"{'engine':<30}{'median s':>10}{'tokens/s':>10}{'vs dense':>10}  greedy tokens = compressed (torch)")
     for name, ts in times.items():

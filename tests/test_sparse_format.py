@@ -312,3 +312,26 @@ def test_bitmask_linear_choice_is_not_fooled_by_one_slow_call(monkeypatch):
     assert calls[timing:] == ["spmm"]  # then the product itself
     layer(torch.randn(7, 16))  # the same bucket: chosen once
     assert calls[timing:] == ["spmm", "spmm"]
+
+
+@needs_native
+def test_oats_isa_is_honoured_by_prefill_and_the_path_choice(monkeypatch):
+    """OATS_ISA=avx2 stands in for a CPU without AVX-512: the AVX-512-only prefill kernel steps aside
+    (None, nothing computed) and the layer never picks it; a request above the CPU is clamped, a wrong
+    name refused."""
+    if native.ISAS[native.best_isa()] < native.ISAS["avx2"]:
+        pytest.skip("no AVX2 on this CPU")
+    b = BitmaskTensor.from_dense(sparse_matrix(24, 70, 0.4))
+    x = torch.randn(20, 70)
+    monkeypatch.setenv("OATS_ISA", "avx2")
+    assert native.isa_in_use() == "avx2"
+    assert native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, 70, x) is None
+    layer = BitmaskLinear(b)
+    assert torch.allclose(layer(x), x @ b.to_dense().T, rtol=1e-4, atol=1e-4)
+    assert set(layer.choices.values()) <= {"kernel", "tile-gemm"}
+    monkeypatch.setattr(native, "best_isa", lambda: "avx2")
+    monkeypatch.setenv("OATS_ISA", "avx512")
+    assert native.isa_in_use() == "avx2"
+    monkeypatch.setenv("OATS_ISA", "sse9")
+    with pytest.raises(ValueError, match="isa 'sse9' unknown; allowed: scalar, avx2, avx512, avx512vbmi2"):
+        native.isa_in_use()

@@ -142,7 +142,7 @@ class BitmaskLinear(_NativeModule):
             return "kernel"
         b = _bucket(n)
         if b not in self.choices:
-            avx512 = native.ISAS[native.best_isa()] >= native.ISAS["avx512"]
+            avx512 = native.ISAS[native.isa_in_use()] >= native.ISAS["avx512"]
             paths = PATHS if avx512 else ("kernel", "tile-gemm")
             for path in paths:
                 self._apply(x, path)  # warm

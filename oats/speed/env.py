@@ -126,7 +126,7 @@ def engine_versions() -> dict[str, Any]:
     from .. import native
 
     out["native_kernels"] = native.status()
-    out["native_isa"] = (os.environ.get("OATS_ISA") or native.best_isa()) if native.available() else None
+    out["native_isa"] = native.isa_in_use() if native.available() else None
     rt = runtime.describe()
     out["cpu"] = rt["cpu"]
     out["cpu_count"] = os.cpu_count()
