@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--compression", type=float, nargs="+", default=[0.4, 0.5, 0.7])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--isa", default=None, help="the path both builds take (avx2, avx512, ...; default: OATS_ISA "
+                                                 "or the best this CPU has)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from oats.speed.env import set_thread_env
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
     import torch
 
     from oats.budget import layer_budget
-    from oats.native import declare
+    from oats.native import _isa_code, declare, isa_in_use
     from oats.runtime import cpu_model
     from oats.sparse_format import BitmaskTensor
 
@@ -62,7 +64,9 @@ def main(argv=None) -> int:
         V = torch.randn(b.rank, d_in, generator=g).to(dt) if b.rank else None
         return BitmaskTensor.from_dense(S, dt), U, V, b.rank
 
-    print(f"old {args.old}\nnew {new}\nCPU {cpu_model()}, {args.threads} threads; ms per token, median of "
+    isa = _isa_code(args.isa) if args.isa else _isa_code(isa_in_use())  # checked: names the allowed paths
+    print(f"old {args.old}\nnew {new}\nCPU {cpu_model()}, {args.threads} threads, ISA path "
+          f"{args.isa or isa_in_use()}; ms per token, median of "
           f"{args.repeats}, builds alternating")
     for c in args.compression:
         for d_out, d_in in ((14336, 4096), (4096, 14336)):
@@ -81,11 +85,11 @@ def main(argv=None) -> int:
                                 lib.oats_bitmask_lowrank_decode(
                                     b.values.data_ptr(), bf, b.bitmask.data_ptr(), b.row_offsets.data_ptr(), b.nnz,
                                     d_out, d_in, x.data_ptr(), y.data_ptr(), 0, V.data_ptr(), U.data_ptr(), bf, r,
-                                    z.data_ptr(), 0, args.threads)
+                                    z.data_ptr(), isa, args.threads)
                             else:
                                 lib.oats_bitmask_matmul(b.values.data_ptr(), bf, b.bitmask.data_ptr(),
                                                         b.row_offsets.data_ptr(), b.nnz, d_out, d_in, x.data_ptr(), 1,
-                                                        y.data_ptr(), 0, 0, args.threads)
+                                                        y.data_ptr(), 0, isa, args.threads)
                             times[name].append(time.perf_counter() - t)
                     old, nw = (1e3 * statistics.median(times[k]) for k in ("old", "new"))
                     line += f" | {variant} old {old:.3f} new {nw:.3f} ({old / nw:.2f}x)"

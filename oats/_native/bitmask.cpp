@@ -66,30 +66,13 @@ void row_scalar(const void* values, int bf16, const uint8_t* mask, int64_t off, 
 }
 
 // ---------------------------------------------------------------- AVX2
-__attribute__((target("avx2,fma"))) inline __m256 avx2_load8(const void* values, int bf16, int64_t p, int64_t end) {
-  if (p + 8 <= end) {
-    if (!bf16) return _mm256_loadu_ps(static_cast<const float*>(values) + p);
-    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  }
-  alignas(32) float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t q = p; q < end && q < p + 8; ++q) buf[q - p] = value_at(values, bf16, q);
-  return _mm256_load_ps(buf);
+// Runtime value type over the shared pieces (simd.h).
+OATS_AVX2 inline __m256 avx2_load8(const void* values, int bf16, int64_t p, int64_t end) {
+  return bf16 ? avx2_values8<1, false>(values, p, end) : avx2_values8<0, false>(values, p, end);
 }
 
-// The weights of 8 columns (mask byte m) with the packed values at p expanded into their lanes.
-__attribute__((target("avx2,fma"))) inline __m256 avx2_weights(const void* values, int bf16, unsigned m, int64_t p,
-                                                                int64_t end) {
-  const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.perm[m]));
-  const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.lanes[m])));
-  return _mm256_and_ps(_mm256_permutevar8x32_ps(avx2_load8(values, bf16, p, end), idx), on);
-}
-
-__attribute__((target("avx2,fma"))) inline float avx2_sum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+OATS_AVX2 inline __m256 avx2_weights(const void* values, int bf16, unsigned m, int64_t p, int64_t end) {
+  return bf16 ? avx2_chunk<1, false>(values, m, p, end) : avx2_chunk<0, false>(values, m, p, end);
 }
 
 // NT tokens (a compile-time count, so the accumulators stay in registers); one token uses two
@@ -302,18 +285,6 @@ float dot_scalar(const void* a, int bf16, const float* x, int64_t len) {
   return acc;
 }
 
-__attribute__((target("avx2,fma"))) float dot_avx2(const void* a, int bf16, const float* x, int64_t len) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 16 <= len; j += 16) {
-    acc0 = _mm256_fmadd_ps(avx2_load8(a, bf16, j, len), _mm256_loadu_ps(x + j), acc0);
-    acc1 = _mm256_fmadd_ps(avx2_load8(a, bf16, j + 8, len), _mm256_loadu_ps(x + j + 8), acc1);
-  }
-  float acc = avx2_sum(_mm256_add_ps(acc0, acc1));
-  for (; j < len; ++j) acc += value_at(a, bf16, j) * x[j];
-  return acc;
-}
-
 // Four accumulators: independent FMA chains while the next lines of a arrive from memory.
 OATS_AVX512 float dot_avx512(const void* a, int bf16, const float* x, int64_t len) {
   __m512 acc[4];
@@ -333,7 +304,7 @@ OATS_AVX512 float dot_avx512(const void* a, int bf16, const float* x, int64_t le
 
 float dot(int isa, const void* a, int bf16, const float* x, int64_t len) {
   if (isa >= kAvx512) return dot_avx512(a, bf16, x, len);
-  if (isa == kAvx2) return dot_avx2(a, bf16, x, len);
+  if (isa == kAvx2) return dense_dot_avx2(a, bf16, x, len);
   return dot_scalar(a, bf16, x, len);
 }
 
@@ -354,9 +325,10 @@ int oats_bitmask_matmul(const void* values, int bf16, const uint8_t* bitmask, co
                         int64_t nnz, int64_t d_out, int64_t d_in, const float* x, int64_t n, float* y, int accumulate,
                         int isa, int nthreads) {
   isa = pick_isa(isa);
-  if (n == 1 && isa >= kAvx512) {  // decode (decode.cpp)
-    decode_one_token_avx512({values, bf16, bitmask, row_offsets, nnz, d_out, d_in}, isa, x, y, accumulate, nullptr,
-                            nthreads);
+  if (n == 1 && isa >= kAvx2) {  // decode (decode.cpp)
+    const SparseLayer L{values, bf16, bitmask, row_offsets, nnz, d_out, d_in};
+    if (isa >= kAvx512) decode_one_token_avx512(L, isa, x, y, accumulate, nullptr, nthreads);
+    else decode_one_token_avx2(L, x, y, accumulate, nullptr, nthreads);
     return isa;
   }
   const int64_t stride = (d_in + 7) / 8;
@@ -373,9 +345,10 @@ int oats_bitmask_lowrank_decode(const void* values, int bf16, const uint8_t* bit
                                 const void* V, const void* U, int factors_bf16, int64_t r, float* z, int isa,
                                 int nthreads) {
   isa = pick_isa(isa);
-  if (isa >= kAvx512) {  // decode.cpp
-    decode_one_token_avx512({values, bf16, bitmask, row_offsets, nnz, d_out, d_in, U, V, factors_bf16, r}, isa, x, y,
-                            accumulate, z, nthreads);
+  if (isa >= kAvx2) {  // decode.cpp
+    const SparseLayer L{values, bf16, bitmask, row_offsets, nnz, d_out, d_in, U, V, factors_bf16, r};
+    if (isa >= kAvx512) decode_one_token_avx512(L, isa, x, y, accumulate, z, nthreads);
+    else decode_one_token_avx2(L, x, y, accumulate, z, nthreads);
     return isa;
   }
   const int64_t stride = (d_in + 7) / 8;

@@ -232,21 +232,130 @@ OATS_AVX512 inline float dense_row(const void* a, int bf16, int64_t k, int64_t l
               : dense_dot_f32<kAhead>(static_cast<const float*>(a) + k * len, x, len);
 }
 
-// Row i's sparse sum; rows whose values end 32 or more before the array's end load without checks.
-OATS_AVX512 float sparse_row_any(const SparseLayer& L, int isa, int64_t i, const float* x, const float* xp) {
+// Row i's sparse sum, x as the row reads it (unpack order for bf16 values on VBMI2, else in order); rows
+// whose values end 32 or more before the array's end load without checks.
+OATS_AVX512 float sparse_row_any(const SparseLayer& L, int isa, int64_t i, const float* x) {
   const int64_t stride = (L.d_in + 7) / 8, p = L.row_offsets[i];
   const uint8_t* mrow = L.bitmask + i * stride;
   const bool inside = (i + 1 < L.d_out ? L.row_offsets[i + 1] : L.nnz) + 32 <= L.nnz;
   if (L.bf16 && isa >= kAvx512Vbmi2) {
     const auto* v = static_cast<const uint16_t*>(L.values);
-    return inside ? sparse_row_bf16<true>(v, mrow, p, L.nnz, L.d_in, xp)
-                  : sparse_row_bf16<false>(v, mrow, p, L.nnz, L.d_in, xp);
+    return inside ? sparse_row_bf16<true>(v, mrow, p, L.nnz, L.d_in, x)
+                  : sparse_row_bf16<false>(v, mrow, p, L.nnz, L.d_in, x);
   }
   if (L.bf16)
     return inside ? sparse_row<1, true>(L.values, mrow, p, L.nnz, L.d_in, x)
                   : sparse_row<1, false>(L.values, mrow, p, L.nnz, L.d_in, x);
   return inside ? sparse_row<0, true>(L.values, mrow, p, L.nnz, L.d_in, x)
                 : sparse_row<0, false>(L.values, mrow, p, L.nnz, L.d_in, x);
+}
+
+// --------------------------------------------------------------- AVX2 (no expand instruction)
+// The same walk on 8-column chunks: per 64-column word, eight positions from partial popcounts (no chain
+// through the position), eight loads of packed values placed into their lanes by a permutation from a
+// table row (kAvx2Tables, simd.h) and zeroed elsewhere, four accumulators. bf16 values are widened as
+// loaded (x in order).
+template <int kBf16, bool kInside>
+OATS_AVX2 float sparse_row_avx2(const void* values, const uint8_t* mrow, int64_t p, int64_t end, int64_t d_in,
+                                const float* x) {
+  const int vb = kBf16 ? 2 : 4;
+  __m256 a[4];
+  for (auto& v : a) v = _mm256_setzero_ps();
+  const int64_t words = d_in / 64;
+  for (int64_t w = 0; w < words; ++w) {
+    uint64_t m;
+    std::memcpy(&m, mrow + 8 * w, 8);
+    int64_t q[8];
+    q[0] = p;
+    for (int k = 1; k < 8; ++k) q[k] = p + _mm_popcnt_u64(m & ((1ull << (8 * k)) - 1));
+    ahead(values, vb, q[0]), ahead(values, vb, q[4]);
+    if ((w & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(mrow + 8 * w) + kMaskAhead, _MM_HINT_T0);
+    const float* xw = x + 64 * w;
+    for (int k = 0; k < 8; ++k)
+      a[k & 3] = _mm256_fmadd_ps(avx2_chunk<kBf16, kInside>(values, (m >> (8 * k)) & 0xFF, q[k], end),
+                                 _mm256_loadu_ps(xw + 8 * k), a[k & 3]);
+    p += _mm_popcnt_u64(m);
+  }
+  const int64_t full = d_in / 8;
+  for (int64_t c = 8 * words; c < full; ++c) {
+    a[0] = _mm256_fmadd_ps(avx2_chunk<kBf16, kInside>(values, mrow[c], p, end), _mm256_loadu_ps(x + 8 * c), a[0]);
+    p += __builtin_popcount(mrow[c]);
+  }
+  if (const int64_t rem = d_in % 8) {  // x's lanes past the row are not read
+    const unsigned inside_row = (1u << rem) - 1;
+    const __m256i lanes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.lanes[inside_row]));
+    a[1] = _mm256_fmadd_ps(avx2_chunk<kBf16, kInside>(values, mrow[full] & inside_row, p, end),
+                           _mm256_maskload_ps(x + 8 * full, lanes), a[1]);
+  }
+  return avx2_sum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+}
+
+OATS_AVX2 float sparse_row_avx2_any(const SparseLayer& L, int64_t i, const float* x) {
+  const int64_t stride = (L.d_in + 7) / 8, p = L.row_offsets[i];
+  const uint8_t* mrow = L.bitmask + i * stride;
+  const bool inside = (i + 1 < L.d_out ? L.row_offsets[i + 1] : L.nnz) + 32 <= L.nnz;
+  if (L.bf16)
+    return inside ? sparse_row_avx2<1, true>(L.values, mrow, p, L.nnz, L.d_in, x)
+                  : sparse_row_avx2<1, false>(L.values, mrow, p, L.nnz, L.d_in, x);
+  return inside ? sparse_row_avx2<0, true>(L.values, mrow, p, L.nnz, L.d_in, x)
+                : sparse_row_avx2<0, false>(L.values, mrow, p, L.nnz, L.d_in, x);
+}
+
+// --------------------------------------------------------------- one token, either path
+// What differs between the paths: how a row of S and a dense row are read, and whether bf16 rows read x
+// in unpack order (AVX-512: bf16 values on VBMI2 and bf16 factors; AVX2: never).
+struct Avx512Path {
+  int isa;
+  bool sparse_lane_order(const SparseLayer& L) const { return L.bf16 && isa >= kAvx512Vbmi2; }
+  bool dense_lane_order(int bf16) const { return bf16; }
+  float sparse(const SparseLayer& L, int64_t i, const float* x) const { return sparse_row_any(L, isa, i, x); }
+  float dense(const void* a, int bf16, int64_t k, int64_t len, const float* x) const {
+    return dense_row(a, bf16, k, len, x);
+  }
+};
+
+struct Avx2Path {
+  bool sparse_lane_order(const SparseLayer&) const { return false; }
+  bool dense_lane_order(int) const { return false; }
+  float sparse(const SparseLayer& L, int64_t i, const float* x) const { return sparse_row_avx2_any(L, i, x); }
+  float dense(const void* a, int bf16, int64_t k, int64_t len, const float* x) const {
+    return dense_dot_avx2(static_cast<const char*>(a) + k * len * (bf16 ? 2 : 4), bf16, x, len);
+  }
+};
+
+// y = S x (+ U (V x)): z = V x first (V's rows split over the threads, then a barrier), then each thread's
+// byte-balanced range of rows, each row's sparse sum plus U_i . z written once.
+template <class Path>
+void one_token(const SparseLayer& L, const Path& path, const float* x, float* y, int accumulate, float* z,
+               int nthreads) {
+  const bool factors = L.r > 0 && L.U != nullptr && L.V != nullptr;
+  const int fb = L.factors_bf16;
+  const bool sparse_lo = path.sparse_lane_order(L), dense_lo = factors && path.dense_lane_order(fb);
+  AlignedFloats xp(sparse_lo || dense_lo ? L.d_in : 0), zp(dense_lo ? L.r : 0), xa(L.d_in);
+  if (sparse_lo || dense_lo) unpack_order(x, L.d_in, xp.data);
+  const float* xin = aligned_x(x, L.d_in, xa);  // x in order
+  const float* xs = sparse_lo ? xp.data : xin;  // what the sparse rows read
+  const float* xv = dense_lo ? xp.data : xin;   // what V's rows read
+  const float* zu = dense_lo ? zp.data : z;     // what U's rows read
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int T = omp_get_num_threads(), t = omp_get_thread_num();
+    if (factors) {
+      const int64_t k0 = L.r * t / T, k1 = L.r * (t + 1) / T;
+      for (int64_t k = k0; k < k1; ++k) z[k] = path.dense(L.V, fb, k, L.d_in, xv);
+#pragma omp barrier
+      if (dense_lo) {
+#pragma omp single
+        unpack_order(z, L.r, zp.data);  // (the end of single is a barrier)
+      }
+    }
+    const int64_t i0 = first_row(L, t, T), i1 = first_row(L, t + 1, T);
+    for (int64_t i = i0; i < i1; ++i) {
+      float v = path.sparse(L, i, xs);
+      if (factors) v += path.dense(L.U, fb, i, L.r, zu);
+      y[i] = accumulate ? y[i] + v : v;
+    }
+  }
 }
 
 }  // namespace
@@ -268,37 +377,28 @@ void dense_one_token_avx512(const void* W, int bf16, int64_t d_out, int64_t d_in
 
 void decode_one_token_avx512(const SparseLayer& L, int isa, const float* x, float* y, int accumulate, float* z,
                              int nthreads) {
-  const bool factors = L.r > 0 && L.U != nullptr && L.V != nullptr;
-  // x (and z) in unpack order where bf16 rows are read by unpacks: bf16 values on VBMI2, bf16 factors.
-  const bool xp_needed = (L.bf16 && isa >= kAvx512Vbmi2) || (factors && L.factors_bf16);
-  AlignedFloats xp(xp_needed ? L.d_in : 0), zp(factors && L.factors_bf16 ? L.r : 0), xa(L.d_in);
-  if (xp_needed) unpack_order(x, L.d_in, xp.data);
-  const float* xin = aligned_x(x, L.d_in, xa);                      // x in order
-  const float* xs = L.bf16 && isa >= kAvx512Vbmi2 ? xp.data : xin;  // what the sparse rows read
-  const float* xv = factors && L.factors_bf16 ? xp.data : xin;      // what V's rows read
-  const float* zu = factors && L.factors_bf16 ? zp.data : z;        // what U's rows read
-  const int fb = L.factors_bf16;
-#pragma omp parallel num_threads(nthreads)
-  {
-    const int T = omp_get_num_threads(), t = omp_get_thread_num();
-    if (factors) {
-      const int64_t k0 = L.r * t / T, k1 = L.r * (t + 1) / T;
-      for (int64_t k = k0; k < k1; ++k) z[k] = dense_row(L.V, fb, k, L.d_in, xv);
-#pragma omp barrier
-      if (fb) {
-#pragma omp single
-        unpack_order(z, L.r, zp.data);  // (the end of single is a barrier)
-      }
-    }
-    const int64_t i0 = first_row(L, t, T), i1 = first_row(L, t + 1, T);
-    if (i0 < i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        float v = sparse_row_any(L, isa, i, xin, xs);
-        if (factors) v += dense_row(L.U, fb, i, L.r, zu);
-        y[i] = accumulate ? y[i] + v : v;
-      }
-    }
+  one_token(L, Avx512Path{isa}, x, y, accumulate, z, nthreads);
+}
+
+void decode_one_token_avx2(const SparseLayer& L, const float* x, float* y, int accumulate, float* z, int nthreads) {
+  one_token(L, Avx2Path{}, x, y, accumulate, z, nthreads);
+}
+
+// Four accumulators, the lines of a prefetched as in dense_dot_f32; a bf16 row widened as loaded.
+OATS_AVX2 float dense_dot_avx2(const void* a, int bf16, const float* x, int64_t len) {
+  __m256 acc[4];
+  for (auto& v : acc) v = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 32 <= len; j += 32) {
+    for (int q = 0; q < 32; q += bf16 ? 32 : 16)
+      _mm_prefetch(static_cast<const char*>(a) + (j + q) * (bf16 ? 2 : 4) + kFactorsAhead, _MM_HINT_T0);
+    for (int k = 0; k < 4; ++k)
+      acc[k] = _mm256_fmadd_ps(bf16 ? avx2_values8<1, true>(a, j + 8 * k, len) : avx2_values8<0, true>(a, j + 8 * k, len),
+                               _mm256_loadu_ps(x + j + 8 * k), acc[k]);
   }
+  float sum = avx2_sum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  for (; j < len; ++j) sum += value_at(a, bf16, j) * x[j];
+  return sum;
 }
 
 }  // namespace oats_native

@@ -1,5 +1,5 @@
 // Shared pieces of the bitmask kernels (bitmask.cpp: the C entry points, batches, prefill, expansion;
-// decode.cpp: one token on AVX-512): value access, the instruction-set paths, the AVX-512 loads and
+// decode.cpp: one token on AVX-512 and AVX2): value access, the instruction-set paths, the AVX-512 loads and
 // expands, the prefetch distances of the streamed rows.
 #pragma once
 
@@ -40,6 +40,9 @@ inline float value_at(const void* values, int bf16, int64_t p) {
 struct Avx2Tables {
   int32_t perm[256][8];   // lane l takes packed value perm[m][l] (its rank among the set bits below it)
   int32_t lanes[256][8];  // -1 where bit l of m is set
+  // bf16 values, a byte shuffle (vpshufb) of 8 packed values in each 128-bit half: lane l's two high bytes
+  // take packed value perm[m][l]'s two bytes where bit l of m is set; every other byte is zeroed (0x80).
+  int8_t words[256][32];
   Avx2Tables() {
     for (int m = 0; m < 256; ++m) {
       int r = 0;
@@ -47,6 +50,9 @@ struct Avx2Tables {
         const bool on = m >> l & 1;
         perm[m][l] = on ? r : 0;
         lanes[m][l] = on ? -1 : 0;
+        words[m][4 * l] = words[m][4 * l + 1] = static_cast<int8_t>(0x80);
+        words[m][4 * l + 2] = on ? static_cast<int8_t>(2 * r) : static_cast<int8_t>(0x80);
+        words[m][4 * l + 3] = on ? static_cast<int8_t>(2 * r + 1) : static_cast<int8_t>(0x80);
         r += on;
       }
     }
@@ -54,6 +60,7 @@ struct Avx2Tables {
 };
 inline const Avx2Tables kAvx2Tables;
 
+#define OATS_AVX2 __attribute__((target("avx2,fma,popcnt")))
 #define OATS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,popcnt")))
 #define OATS_VBMI2 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,avx2,fma,popcnt")))
 
@@ -73,6 +80,50 @@ OATS_AVX512 inline __m512 avx512_load16_inside(const void* values, int bf16, int
   if (!bf16) return _mm512_loadu_ps(static_cast<const float*>(values) + p);
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(values) + p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// ---------------------------------------------------------------- AVX2 pieces (no expand instruction)
+// 8 values from p on, bf16 widened; zeros at and past end unless kInside (nothing is read there).
+template <int kBf16, bool kInside>
+OATS_AVX2 inline __m256 avx2_values8(const void* values, int64_t p, int64_t end) {
+  if (kInside || p + 8 <= end) {
+    if (!kBf16) return _mm256_loadu_ps(static_cast<const float*>(values) + p);
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  alignas(32) float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // nothing read at or past the end
+  for (int64_t q = p; q < end && q < p + 8; ++q) buf[q - p] = value_at(values, kBf16, q);
+  return _mm256_load_ps(buf);
+}
+
+// The weights of 8 columns (mask byte m): the packed values at p permuted into their lanes, zero elsewhere.
+// bf16: the 8 packed words copied to both 128-bit halves, then one byte shuffle puts each in the high half
+// of its lane (its fp32 value) and zeroes the rest (3 instructions instead of widen, permute, and).
+template <int kBf16, bool kInside>
+OATS_AVX2 inline __m256 avx2_chunk(const void* values, unsigned m, int64_t p, int64_t end) {
+  if (kBf16) {
+    const auto* v = static_cast<const uint16_t*>(values);
+    __m128i packed;
+    if (kInside || p + 8 <= end) {
+      packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v + p));
+    } else {
+      alignas(16) uint16_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // nothing read at or past the end
+      for (int64_t q = p; q < end && q < p + 8; ++q) buf[q - p] = v[q];
+      packed = _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
+    }
+    const __m256i shuffle = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.words[m]));
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(packed), shuffle));
+  }
+  const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.perm[m]));
+  const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.lanes[m])));
+  return _mm256_and_ps(_mm256_permutevar8x32_ps(avx2_values8<kBf16, kInside>(values, p, end), idx), on);
+}
+
+OATS_AVX2 inline float avx2_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
 }
 
 // A zeroed register the compiler cannot fold away. vexpandps / vpexpandw / vpermps write their destination
@@ -156,6 +207,12 @@ inline int64_t first_row(const SparseLayer& L, int t, int T) {
 // kAvx512Vbmi2); z: scratch of r floats. decode.cpp.
 void decode_one_token_avx512(const SparseLayer& layer, int isa, const float* x, float* y, int accumulate, float* z,
                              int nthreads);
+
+// The same on AVX2 + FMA (8-column chunks placed by table permutations). decode.cpp.
+void decode_one_token_avx2(const SparseLayer& layer, const float* x, float* y, int accumulate, float* z, int nthreads);
+
+// a . x over len entries, a fp32 or bf16 (widened), on AVX2 + FMA, a's lines prefetched. decode.cpp.
+float dense_dot_avx2(const void* a, int bf16, const float* x, int64_t len);
 
 // y = W x (or y += W x) for one token x on AVX-512, W dense row-major (d_out x d_in), fp32 or bf16: each
 // thread streams its rows, prefetched (the dense engine the sparse ones are measured against). decode.cpp.
