@@ -278,6 +278,23 @@ void expand_row_words_scalar(const uint16_t* values, const uint8_t* mask, int64_
   for (int64_t j = 0; j < d_in; ++j) o[j] = (mask[j >> 3] >> (j & 7) & 1) ? values[p++] : 0;
 }
 
+// The same on AVX2 (and AVX-512 without VBMI2): per 8 columns one byte shuffle of 8 packed words from a
+// table row (kAvx2Tables.row_words); the last d_in % 8 columns, and rows ending within 8 values of the
+// array's end, word by word.
+OATS_AVX2 void expand_row_words_avx2(const uint16_t* values, const uint8_t* mask, int64_t p, int64_t end,
+                                     int64_t d_in, uint16_t* o) {
+  int64_t c = 0;
+  for (; c + 8 <= d_in && p + 8 <= end; c += 8) {
+    const unsigned m = mask[c / 8];
+    if ((c & 255) == 0) ahead(values, 2, p);
+    const __m128i shuffle = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kAvx2Tables.row_words[m]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + c),
+                     _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(values + p)), shuffle));
+    p += __builtin_popcount(m);
+  }
+  for (; c < d_in; ++c) o[c] = (mask[c >> 3] >> (c & 7) & 1) ? values[p++] : 0;
+}
+
 // Dense dot products a . x over len entries (a fp32 or bf16), for the low-rank factors.
 float dot_scalar(const void* a, int bf16, const float* x, int64_t len) {
   float acc = 0.0f;
@@ -411,6 +428,7 @@ int oats_bitmask_to_dense(const void* values, int bf16, const uint8_t* bitmask, 
       const bool inside = (i + 1 < r1 ? row_offsets[i + 1] : nnz) + 32 <= nnz;
       if (isa >= kAvx512Vbmi2 && inside) expand_row_words_vbmi2<true>(v, bitmask + i * stride, row_offsets[i], nnz, d_in, o);
       else if (isa >= kAvx512Vbmi2) expand_row_words_vbmi2<false>(v, bitmask + i * stride, row_offsets[i], nnz, d_in, o);
+      else if (isa >= kAvx2) expand_row_words_avx2(v, bitmask + i * stride, row_offsets[i], nnz, d_in, o);
       else expand_row_words_scalar(v, bitmask + i * stride, row_offsets[i], d_in, o);
     }
     return isa;

@@ -43,6 +43,8 @@ struct Avx2Tables {
   // bf16 values, a byte shuffle (vpshufb) of 8 packed values in each 128-bit half: lane l's two high bytes
   // take packed value perm[m][l]'s two bytes where bit l of m is set; every other byte is zeroed (0x80).
   int8_t words[256][32];
+  // bf16 values into bf16 rows: a byte shuffle placing packed word perm[m][l] at word l, zero elsewhere.
+  int8_t row_words[256][16];
   Avx2Tables() {
     for (int m = 0; m < 256; ++m) {
       int r = 0;
@@ -53,6 +55,8 @@ struct Avx2Tables {
         words[m][4 * l] = words[m][4 * l + 1] = static_cast<int8_t>(0x80);
         words[m][4 * l + 2] = on ? static_cast<int8_t>(2 * r) : static_cast<int8_t>(0x80);
         words[m][4 * l + 3] = on ? static_cast<int8_t>(2 * r + 1) : static_cast<int8_t>(0x80);
+        row_words[m][2 * l] = words[m][4 * l + 2];
+        row_words[m][2 * l + 1] = words[m][4 * l + 3];
         r += on;
       }
     }
