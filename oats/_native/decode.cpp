@@ -1,5 +1,6 @@
-// One token (decode) through a bitmask-format layer on AVX-512: y = S x + U (V x) (or y +=), declared in
-// simd.h and called by oats_bitmask_matmul / oats_bitmask_lowrank_decode (bitmask.cpp).
+// One token (decode) through a bitmask-format layer on AVX-512 or AVX2: y = S x + U (V x) (or y +=),
+// declared in simd.h and called by oats_bitmask_matmul / oats_bitmask_lowrank_decode (bitmask.cpp).
+// The AVX-512 path is described here; the AVX2 path (its section below) walks the same way.
 //
 // Decode reads every weight once and does one multiply-add with it: it is limited by how fast the
 // weights stream from memory. Each thread takes a contiguous range of rows (split so that every thread
@@ -253,8 +254,8 @@ OATS_AVX512 float sparse_row_any(const SparseLayer& L, int isa, int64_t i, const
 // --------------------------------------------------------------- AVX2 (no expand instruction)
 // The same walk on 8-column chunks: per 64-column word, eight positions from partial popcounts (no chain
 // through the position), eight loads of packed values placed into their lanes by a permutation from a
-// table row (kAvx2Tables, simd.h) and zeroed elsewhere, four accumulators. bf16 values are widened as
-// loaded (x in order).
+// table row (kAvx2Tables, simd.h) and zeroed elsewhere, four accumulators; bf16 values placed and widened
+// by one byte shuffle (avx2_chunk). x in order.
 template <int kBf16, bool kInside>
 OATS_AVX2 float sparse_row_avx2(const void* values, const uint8_t* mrow, int64_t p, int64_t end, int64_t d_in,
                                 const float* x) {
