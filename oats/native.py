@@ -31,7 +31,8 @@ _SIGNATURES = {
     "oats_bitmask_matmul": (_INT, [_P, _INT, _P, _P, _I64, _I64, _I64, _P, _I64, _P, _INT, _INT, _INT]),
     "oats_bitmask_lowrank_decode": (_INT, [_P, _INT, _P, _P, _I64, _I64, _I64, _P, _P, _INT, _P, _P, _INT, _I64, _P,
                                            _INT, _INT]),
-    "oats_bitmask_prefill": (_INT, [_P, _INT, _P, _P, _I64, _I64, _I64, _P, _I64, _P, _INT, _P, _P, _INT, _I64, _INT]),
+    "oats_bitmask_prefill": (_INT, [_P, _INT, _P, _P, _I64, _I64, _I64, _P, _I64, _P, _INT, _P, _P, _INT, _I64, _INT,
+                                    _INT]),
     "oats_dense_matmul": (_INT, [_P, _INT, _I64, _I64, _P, _I64, _P, _INT, _INT, _INT]),
     "oats_bitmask_to_dense": (_INT, [_P, _INT, _P, _P, _I64, _I64, _I64, _I64, _P, _INT, _INT, _INT]),
 }
@@ -193,17 +194,17 @@ def bitmask_lowrank_decode(values: torch.Tensor, bitmask: torch.Tensor, row_offs
 
 def bitmask_prefill(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: torch.Tensor, d_in: int,
                     x: torch.Tensor, V: torch.Tensor | None = None, U: torch.Tensor | None = None,
-                    out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor | None:
+                    out: torch.Tensor | None = None, accumulate: bool = False,
+                    isa: str | None = None) -> torch.Tensor | None:
     """``x S^T + (x V^T) U^T`` for n tokens x (n, d_in) fp32 contiguous, in one native call: (n, d_out) fp32.
 
-    The prefill product (AVX-512 only: None elsewhere or where ``OATS_ISA`` asks for less, nothing
-    computed): S walked by its set bits against
-    L1-sized panels of the transposed tokens (work proportional to the nonzeros), the factors (both fp32
-    or both bf16, or None) as dense rows. ``out`` / ``accumulate`` as in :func:`bitmask_matmul`.
+    The prefill product (AVX-512 only: None, nothing computed, elsewhere or where ``isa`` / ``OATS_ISA``
+    asks for less): S walked by its set bits against L1-sized panels of the transposed tokens (work
+    proportional to the nonzeros), the factors (both fp32 or both bf16, or None) as dense rows. ``out`` /
+    ``accumulate`` / ``isa`` as in :func:`bitmask_matmul`.
     """
     lib = _lib()
-    if ISAS[isa_in_use()] < ISAS["avx512"]:
-        return None
+    code = _isa_code(isa)
     d_out = bitmask.shape[0]
     r = 0 if V is None else V.shape[0]
     if r:
@@ -212,7 +213,7 @@ def bitmask_prefill(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: to
     used = lib.oats_bitmask_prefill(values.data_ptr(), _check_values(values), bitmask.data_ptr(), row_offsets.data_ptr(),
                                     values.numel(), d_out, d_in, x.data_ptr(), n, out.data_ptr(), int(accumulate),
                                     V.data_ptr() if r else None, U.data_ptr() if r else None,
-                                    int(r > 0 and V.dtype == torch.bfloat16), r, torch.get_num_threads())
+                                    int(r > 0 and V.dtype == torch.bfloat16), r, code, torch.get_num_threads())
     return out if used else None
 
 

@@ -87,16 +87,25 @@ OATS_AVX512 inline __m512 avx512_load16_inside(const void* values, int bf16, int
 }
 
 // ---------------------------------------------------------------- AVX2 pieces (no expand instruction)
+// 8 bf16 values (their 16-bit words) from p on; zeros at and past end unless kInside (nothing is read there).
+template <bool kInside>
+OATS_AVX2 inline __m128i avx2_words8(const uint16_t* values, int64_t p, int64_t end) {
+  if (kInside || p + 8 <= end) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(values + p));
+  alignas(16) uint16_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t q = p; q < end && q < p + 8; ++q) buf[q - p] = values[q];
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
+}
+
 // 8 values from p on, bf16 widened; zeros at and past end unless kInside (nothing is read there).
 template <int kBf16, bool kInside>
 OATS_AVX2 inline __m256 avx2_values8(const void* values, int64_t p, int64_t end) {
-  if (kInside || p + 8 <= end) {
-    if (!kBf16) return _mm256_loadu_ps(static_cast<const float*>(values) + p);
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + p));
+  if (kBf16) {
+    const __m128i h = avx2_words8<kInside>(static_cast<const uint16_t*>(values), p, end);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
-  alignas(32) float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // nothing read at or past the end
-  for (int64_t q = p; q < end && q < p + 8; ++q) buf[q - p] = value_at(values, kBf16, q);
+  if (kInside || p + 8 <= end) return _mm256_loadu_ps(static_cast<const float*>(values) + p);
+  alignas(32) float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t q = p; q < end && q < p + 8; ++q) buf[q - p] = static_cast<const float*>(values)[q];
   return _mm256_load_ps(buf);
 }
 
@@ -106,15 +115,7 @@ OATS_AVX2 inline __m256 avx2_values8(const void* values, int64_t p, int64_t end)
 template <int kBf16, bool kInside>
 OATS_AVX2 inline __m256 avx2_chunk(const void* values, unsigned m, int64_t p, int64_t end) {
   if (kBf16) {
-    const auto* v = static_cast<const uint16_t*>(values);
-    __m128i packed;
-    if (kInside || p + 8 <= end) {
-      packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v + p));
-    } else {
-      alignas(16) uint16_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // nothing read at or past the end
-      for (int64_t q = p; q < end && q < p + 8; ++q) buf[q - p] = v[q];
-      packed = _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
-    }
+    const __m128i packed = avx2_words8<kInside>(static_cast<const uint16_t*>(values), p, end);
     const __m256i shuffle = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kAvx2Tables.words[m]));
     return _mm256_castsi256_ps(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(packed), shuffle));
   }
