@@ -18,8 +18,9 @@ import torch
 __all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_lowrank_decode",
            "bitmask_prefill", "bitmask_to_dense", "dense_matmul"]
 
-ISAS = {"scalar": 1, "avx2": 2, "avx512": 3, "avx512vbmi2": 4}  # the bitmask kernels' instruction-set paths
-# (avx512vbmi2: AVX-512 with vpexpandw, which one-token products with bf16 values use; the same as avx512 otherwise)
+ISAS = {"scalar": 1, "avx2": 2, "avx512": 3, "avx512vbmi2": 4, "avx512bf16": 5}  # the bitmask kernels' instruction-set paths
+# (avx512vbmi2: AVX-512 with vpexpandw, which one-token products with bf16 values use; avx512bf16: that and
+# AVX512_BF16, whose vdpbf16ps the prefill of bf16 layers uses; each the same as the one below it otherwise)
 _ISA_NAMES = {code: name for name, code in ISAS.items()}
 
 
@@ -110,8 +111,8 @@ def _lib() -> ctypes.CDLL:
 
 
 def best_isa() -> str:
-    """The bitmask kernels' best instruction-set path on this CPU: ``avx512vbmi2``, ``avx512``, ``avx2`` or
-    ``scalar``."""
+    """The bitmask kernels' best instruction-set path on this CPU: ``avx512bf16``, ``avx512vbmi2``, ``avx512``,
+    ``avx2`` or ``scalar``."""
     code = _lib().oats_best_isa()
     return _ISA_NAMES[code]
 
@@ -200,8 +201,10 @@ def bitmask_prefill(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: to
 
     The prefill product (AVX-512 only: None, nothing computed, elsewhere or where ``isa`` / ``OATS_ISA``
     asks for less): S walked by its set bits against L1-sized panels of the transposed tokens (work
-    proportional to the nonzeros), the factors (both fp32 or both bf16, or None) as dense rows. ``out`` /
-    ``accumulate`` / ``isa`` as in :func:`bitmask_matmul`.
+    proportional to the nonzeros), the factors (both fp32 or both bf16, or None) as dense rows. On the
+    ``avx512bf16`` path a layer with bf16 values (and bf16 or no factors) takes two nonzeros per ``vdpbf16ps``
+    with x rounded to bf16 and Z = x V^T rounded to bf16 before U, as a bf16 GEMM computes; elsewhere x stays
+    fp32. ``out`` / ``accumulate`` / ``isa`` as in :func:`bitmask_matmul`.
     """
     lib = _lib()
     code = _isa_code(isa)

@@ -128,60 +128,50 @@ def test_lowrank_decode_same_on_any_thread_count(d_out, d_in, r, dtype):
 
 
 @pytest.mark.skipif("avx512" not in ISAS, reason="the prefill kernel is AVX-512 only")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prefill_same_on_any_thread_count(dtype):
-    """The prefill kernel gives the same bits on 1, 2 or 3 threads (rows and V's rows split differently)."""
-    g = torch.Generator().manual_seed(5)
-    d_out, d_in, r, n = 300, 200, 37, 40
-    b = BitmaskTensor.from_dense(sparse_matrix(d_out, d_in, 0.45, seed=d_out), dtype)
-    U, V = torch.randn(d_out, r, generator=g).to(dtype), torch.randn(r, d_in, generator=g).to(dtype)
-    x = torch.randn(n, d_in, generator=g)
-    before = torch.get_num_threads()
-    try:
-        ys = []
-        for t in (1, 2, 3):
-            torch.set_num_threads(t)
-            ys.append(native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, x, V, U))
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
-
-
-@needs_native
-def test_lowrank_decode_refuses_factors_that_do_not_fit():
-    b = BitmaskTensor.from_dense(sparse_matrix(6, 20, 0.5))
-    x, U, V = torch.randn(20), torch.randn(6, 3), torch.randn(3, 20)
-    with pytest.raises(ValueError, match=r"V must be \(3, 20\) and U \(6, 3\).*U torch.float32 \(6, 4\)"):
-        native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, 20, x, V, torch.randn(6, 4))
-    with pytest.raises(ValueError, match="both fp32 or both bf16"):
-        native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, 20, x, V.bfloat16(), U)
-    with pytest.raises(ValueError, match="x must be 20 contiguous fp32 values"):
-        native.bitmask_lowrank_decode(b.values, b.bitmask, b.row_offsets, 20, torch.randn(21), V, U)
-
-
-@pytest.mark.skipif("avx512" not in ISAS, reason="the prefill kernel is AVX-512 only")
+@pytest.mark.parametrize("isa", [i for i in ISAS if native.ISAS[i] >= native.ISAS["avx512"]])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d_out,d_in,n,r", [(5, 3, 2, 0), (33, 100, 9, 4), (40, 130, 70, 0), (17, 64, 64, 3),
-                                            (20, 200, 129, 65), (37, 257, 300, 130), (1, 1, 2, 1), (70, 64, 16, 0)])
-def test_prefill_matches_pytorch(d_out, d_in, n, r, dtype):
+                                            (20, 200, 129, 65), (37, 257, 300, 130), (1, 1, 2, 1), (70, 64, 16, 0),
+                                            (300, 190, 33, 1), (9, 129, 100, 2)])
+def test_prefill_matches_pytorch(d_out, d_in, n, r, dtype, isa):
     """Many tokens through S (+ U V) in one native call: token chunks of 1-128 and more (300), column panels
-    and their tails, rank 0, odd ranks (a lone row of U), within the fp32 bound; y += with accumulate."""
+    and their tails, rank 0, odd ranks (a lone row of U), within the fp32 bound; y += with accumulate. On the
+    avx512bf16 path bf16 layers take x in bf16 (as a bf16 GEMM does) and round Z = x V^T to bf16 before U."""
     g = torch.Generator().manual_seed(n + r)
     b = BitmaskTensor.from_dense(sparse_matrix(d_out, d_in, 0.4, seed=n), dtype)
     U, V = (torch.randn(d_out, r, generator=g).to(dtype), torch.randn(r, d_in, generator=g).to(dtype)) if r else (None, None)
     x = torch.randn(n, d_in, generator=g)
-    y = native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, x, V, U)
-    Sd, xd = b.to_dense().double(), x.double()
+    y = native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, x, V, U, isa=isa)
+    pairs = isa == "avx512bf16" and dtype == torch.bfloat16
+    Sd, xd = b.to_dense().double(), (x.bfloat16() if pairs else x).double()
     ref, scale = xd @ Sd.T, xd.abs() @ Sd.abs().T
+    allowed = 1e-5 * scale
     if r:
-        ref = ref + (xd @ V.double().T) @ U.double().T
-        scale = scale + (xd.abs() @ V.double().abs().T) @ U.double().abs().T
-    assert float(((y.double() - ref).abs() / scale.clamp_min(1e-30)).max()) < 1e-5
+        z = xd @ V.double().T
+        ref = ref + (z.float().bfloat16() if pairs else z).double() @ U.double().T
+        zscale = (xd.abs() @ V.double().abs().T) @ U.double().abs().T
+        allowed = allowed + (2.0 ** -8 if pairs else 1e-5) * zscale  # Z's rounding to bf16: half an ulp either way
+    assert bool(((y.double() - ref).abs() <= allowed + 1e-30).all())
     y2 = torch.ones(n, d_out)
-    native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, x, V, U, out=y2, accumulate=True)
-    assert torch.allclose(y2, y + 1, atol=1e-5 * float(scale.max()) + 1e-6)
+    native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, x, V, U, out=y2, accumulate=True, isa=isa)
+    assert torch.equal(y2, y + 1)
     with pytest.raises(ValueError, match=rf"x must be contiguous fp32 \(n, {d_in}\)"):
         native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, d_in, torch.randn(n, d_in + 1))
+
+
+@pytest.mark.skipif("avx512bf16" not in ISAS, reason="the bf16 pair kernel needs AVX512_BF16")
+def test_bf16_prefill_is_the_dense_bf16_product():
+    """The vdpbf16ps path computes what a bf16 GEMM computes: x rounded to bf16, exact products, fp32 sums;
+    every tail at once (d_in and tokens not multiples of 16, odd nonzero counts per panel)."""
+    g = torch.Generator().manual_seed(3)
+    S = sparse_matrix(45, 333, 0.37, seed=5)
+    b = BitmaskTensor.from_dense(S, torch.bfloat16)
+    x = torch.randn(77, 333, generator=g) * 3
+    y = native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, 333, x, isa="avx512bf16")
+    ref = x.bfloat16().double() @ b.to_dense().double().T
+    assert float((y.double() - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+    fp32_x = native.bitmask_prefill(b.values, b.bitmask, b.row_offsets, 333, x, isa="avx512vbmi2")
+    assert not torch.equal(fp32_x, y)  # the other path keeps x in fp32
 
 
 @needs_native

@@ -393,7 +393,7 @@ int oats_bitmask_prefill(const void* values, int bf16, const uint8_t* bitmask, c
                          const void* U, int factors_bf16, int64_t r, int isa, int nthreads) {
   isa = pick_isa(isa);
   if (isa < kAvx512) return 0;
-  prefill_avx512({values, bf16, bitmask, row_offsets, nnz, d_out, d_in, U, V, factors_bf16, r}, x, n, y, accumulate,
+  prefill_avx512({values, bf16, bitmask, row_offsets, nnz, d_out, d_in, U, V, factors_bf16, r}, isa, x, n, y, accumulate,
                  nthreads);
   return isa;
 }

@@ -10,15 +10,18 @@
 
 namespace oats_native {
 
-// The instruction-set paths (oats/native.py's ISAS): scalar, AVX2 + FMA, AVX-512 (F, BW, VL, DQ), and
-// AVX-512 with VBMI2 (vpexpandw: bf16 values expanded as 16-bit words, before they are widened).
-enum Isa { kScalar = 1, kAvx2 = 2, kAvx512 = 3, kAvx512Vbmi2 = 4 };
+// The instruction-set paths (oats/native.py's ISAS): scalar, AVX2 + FMA, AVX-512 (F, BW, VL, DQ),
+// AVX-512 with VBMI2 (vpexpandw: bf16 values expanded as 16-bit words, before they are widened), and that
+// with AVX512_BF16 (vdpbf16ps: the prefill of bf16 layers, prefill.cpp).
+enum Isa { kScalar = 1, kAvx2 = 2, kAvx512 = 3, kAvx512Vbmi2 = 4, kAvx512Bf16 = 5 };
 
 inline int best_isa() {
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  if (avx512) return __builtin_cpu_supports("avx512vbmi2") ? kAvx512Vbmi2 : kAvx512;
+  if (avx512 && __builtin_cpu_supports("avx512vbmi2"))
+    return __builtin_cpu_supports("avx512bf16") ? kAvx512Bf16 : kAvx512Vbmi2;
+  if (avx512) return kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
   return kScalar;
 }
@@ -158,6 +161,32 @@ OATS_AVX512 inline __m512 avx512_expand(uint16_t m, __m512 v, int bf16) {
   return _mm512_mask_permutexvar_ps(fresh_zero(), m, _mm512_inserti32x8(_mm512_castsi256_si512(lo), hi, 1), v);
 }
 
+// out[c] = column c of the 16 x 16 block whose rows are in[0..15] (in and out may not alias): 64 shuffles
+// (pairs of floats, then of doubles, then two rounds of 128-bit lanes).
+OATS_AVX512 inline void transpose16(const __m512* in, __m512* out) {
+  __m512 t[16], u[16];
+  for (int k = 0; k < 8; ++k) {  // t[2k] lane L: rows 2k, 2k+1 at columns 4L, 4L+1; t[2k+1]: 4L+2, 4L+3
+    t[2 * k] = _mm512_unpacklo_ps(in[2 * k], in[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_ps(in[2 * k], in[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {  // u[4k+m] lane L: column 4L+m of rows 4k .. 4k+3
+    const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * k + 1]), d = _mm512_castps_pd(t[4 * k + 3]);
+    u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int m = 0; m < 4; ++m) {  // column 4L+m: lane L of u[m], u[4+m], u[8+m], u[12+m]
+    const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), v1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xEE), w1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xEE);
+    out[m] = _mm512_shuffle_f32x4(v0, v1, 0x88);
+    out[4 + m] = _mm512_shuffle_f32x4(v0, v1, 0xDD);
+    out[8 + m] = _mm512_shuffle_f32x4(w0, w1, 0x88);
+    out[12 + m] = _mm512_shuffle_f32x4(w0, w1, 0xDD);
+  }
+}
+
 // Prefetch distances (bytes ahead of the current position) of the value, mask and factor streams. One
 // token through a 14336 x 4096 layer at 60% density (fp32, 2 threads, AMD EPYC Zen 5): 2048 -> 4096
 // bytes ahead took the values stream from 40 to 44 GB/s (8192: the same), against 46 GB/s for a dense
@@ -225,6 +254,6 @@ void dense_one_token_avx512(const void* W, int bf16, int64_t d_out, int64_t d_in
                             int accumulate, int nthreads);
 
 // y (n x d_out) = x S^T (+ (x V^T) U^T), or y +=, for n tokens x (n x d_in) on AVX-512. prefill.cpp.
-void prefill_avx512(const SparseLayer& layer, const float* x, int64_t n, float* y, int accumulate, int nthreads);
+void prefill_avx512(const SparseLayer& layer, int isa, const float* x, int64_t n, float* y, int accumulate, int nthreads);
 
 }  // namespace oats_native
