@@ -23,6 +23,6 @@ class OptionalBuildExt(build_ext):
 
 setup(
     ext_modules=[Extension("oats._kernels", sources=["oats/_native/kernels.cpp", "oats/_native/bitmask.cpp", "oats/_native/decode.cpp", "oats/_native/prefill.cpp"], language="c++",
-                           extra_compile_args=["-O3", "-fopenmp", "-std=c++17"], extra_link_args=["-fopenmp"])],
+                           depends=["oats/_native/simd.h", "oats/_native/prefill_walk.h"], extra_compile_args=["-O3", "-fopenmp", "-std=c++17"], extra_link_args=["-fopenmp"])],
     cmdclass={"build_ext": OptionalBuildExt},
 )

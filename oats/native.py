@@ -199,7 +199,7 @@ def bitmask_prefill(values: torch.Tensor, bitmask: torch.Tensor, row_offsets: to
                     isa: str | None = None) -> torch.Tensor | None:
     """``x S^T + (x V^T) U^T`` for n tokens x (n, d_in) fp32 contiguous, in one native call: (n, d_out) fp32.
 
-    The prefill product (AVX-512 only: None, nothing computed, elsewhere or where ``isa`` / ``OATS_ISA``
+    The prefill product (AVX-512 or AVX2: None, nothing computed, elsewhere or where ``isa`` / ``OATS_ISA``
     asks for less): S walked by its set bits against L1-sized panels of the transposed tokens (work
     proportional to the nonzeros), the factors (both fp32 or both bf16, or None) as dense rows. On the
     ``avx512bf16`` path a layer with bf16 values (and bf16 or no factors) takes two nonzeros per ``vdpbf16ps``

@@ -385,16 +385,19 @@ int oats_bitmask_lowrank_decode(const void* values, int bf16, const uint8_t* bit
   return isa;
 }
 
-// y (n x d_out) = x S^T + (x V^T) U^T (factors optional: r = 0), or +=, for n tokens on AVX-512 (prefill.cpp).
-// Returns the ISA used, or 0 (nothing computed) where the path asked for (isa as elsewhere: 0 = the best) or
-// the CPU has no AVX-512.
+// y (n x d_out) = x S^T + (x V^T) U^T (factors optional: r = 0), or +=, for n tokens on AVX-512 or AVX2
+// (prefill.cpp). Returns the ISA used, or 0 (nothing computed) where the path asked for (isa as elsewhere:
+// 0 = the best) or the CPU has neither.
 int oats_bitmask_prefill(const void* values, int bf16, const uint8_t* bitmask, const int64_t* row_offsets, int64_t nnz,
                          int64_t d_out, int64_t d_in, const float* x, int64_t n, float* y, int accumulate, const void* V,
                          const void* U, int factors_bf16, int64_t r, int isa, int nthreads) {
   isa = pick_isa(isa);
-  if (isa < kAvx512) return 0;
-  prefill_avx512({values, bf16, bitmask, row_offsets, nnz, d_out, d_in, U, V, factors_bf16, r}, isa, x, n, y, accumulate,
-                 nthreads);
+  if (isa < kAvx2) return 0;
+  const SparseLayer L{values, bf16, bitmask, row_offsets, nnz, d_out, d_in, U, V, factors_bf16, r};
+  if (isa >= kAvx512)
+    prefill_avx512(L, isa, x, n, y, accumulate, nthreads);
+  else
+    prefill_avx2(L, x, n, y, accumulate, nthreads);
   return isa;
 }
 

@@ -35,80 +35,7 @@ constexpr int64_t kPanel = 64;   // columns per panel: one 64-bit mask word
 constexpr int64_t kBlock = 256;  // rows of S per block: each panel is used by all of them while in L1
 constexpr int64_t kAhead = 8;    // rows ahead whose partial sums and values are prefetched
 constexpr int64_t kPairBlock = 16;  // rows of a dense part per block (their partial sums stay in L1)
-constexpr int kMaxVectors = 8;   // 16-token vectors per chunk: up to 128 tokens
 constexpr int64_t kPairPanel = kPanel;  // columns per panel of the bf16 pair kernel (16 KB of 128 tokens)
-
-template <int kBf16>
-OATS_AVX512 inline __m512 broadcast(const void* values, int64_t p) {
-  if (!kBf16) return _mm512_set1_ps(static_cast<const float*>(values)[p]);
-  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(values)[p]) << 16;
-  return _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(bits)));
-}
-
-// One row of S against one panel: acc[0..NV) += sum over the set bits j of m of value * xp[j].
-template <int NV, int kBf16>
-OATS_AVX512 inline void sparse_panel(const void* values, int64_t& p, uint64_t m, const float* xp, __m512* acc) {
-  constexpr int64_t kLd = 16 * NV;
-  while (m) {
-    const int64_t j = __builtin_ctzll(m);
-    m &= m - 1;
-    const __m512 w = broadcast<kBf16>(values, p++);
-    const float* xr = xp + j * kLd;
-    for (int v = 0; v < NV; ++v) acc[v] = _mm512_fmadd_ps(w, _mm512_load_ps(xr + 16 * v), acc[v]);
-  }
-}
-
-// Dense rows a0 (and a1 unless null) over columns [k0, k0 + kc) against a panel (kc rows of NV vectors):
-// each loaded row of the panel feeds both rows' accumulators.
-template <int NV, int kBf16>
-OATS_AVX512 inline void dense_panel(const void* a0, const void* a1, int64_t k0, int64_t kc, const float* xp,
-                                    __m512* acc0, __m512* acc1) {
-  constexpr int64_t kLd = 16 * NV;
-  for (int64_t j = 0; j < kc; ++j) {
-    __m512 xv[NV];
-    for (int v = 0; v < NV; ++v) xv[v] = _mm512_load_ps(xp + j * kLd + 16 * v);
-    const __m512 w0 = broadcast<kBf16>(a0, k0 + j);
-    for (int v = 0; v < NV; ++v) acc0[v] = _mm512_fmadd_ps(w0, xv[v], acc0[v]);
-    if (a1 != nullptr) {
-      const __m512 w1 = broadcast<kBf16>(a1, k0 + j);
-      for (int v = 0; v < NV; ++v) acc1[v] = _mm512_fmadd_ps(w1, xv[v], acc1[v]);
-    }
-  }
-}
-
-inline const void* dense_row_ptr(const void* a, int bf16, int64_t k, int64_t len) {
-  return static_cast<const char*>(a) + k * len * (bf16 ? 2 : 4);
-}
-
-// out (rows [i0, i1) x NV vectors, row-major, 16 * NV floats per row) = (or +=, with add) A rows [i0, i1)
-// (dense, len columns) against src (len x NV vectors): blocks of kPairBlock rows walk the panels of src in
-// turn (a panel stays in L1 while the block's row pairs use it; their partial sums stay in out).
-template <int NV, int kBf16>
-OATS_AVX512 void dense_rows(const void* A, int64_t i0, int64_t i1, int64_t len, const float* src, float* out, bool add) {
-  constexpr int64_t kLd = 16 * NV;
-  for (int64_t b0 = i0; b0 < i1; b0 += kPairBlock) {
-    const int64_t b1 = std::min(b0 + kPairBlock, i1);
-    for (int64_t k0 = 0; k0 < len; k0 += kPanel) {
-      const bool first = k0 == 0 && !add;
-      for (int64_t i = b0; i < b1; i += 2) {
-        const bool pair = i + 1 < b1;
-        float* o0 = out + (i - i0) * kLd;
-        float* o1 = o0 + kLd;
-        __m512 acc0[NV], acc1[NV];
-        for (int v = 0; v < NV; ++v) {
-          acc0[v] = first ? _mm512_setzero_ps() : _mm512_load_ps(o0 + 16 * v);
-          acc1[v] = first || !pair ? _mm512_setzero_ps() : _mm512_load_ps(o1 + 16 * v);
-        }
-        dense_panel<NV, kBf16>(dense_row_ptr(A, kBf16, i, len), pair ? dense_row_ptr(A, kBf16, i + 1, len) : nullptr, k0,
-                               std::min(kPanel, len - k0), src + k0 * kLd, acc0, acc1);
-        for (int v = 0; v < NV; ++v) {
-          _mm512_store_ps(o0 + 16 * v, acc0[v]);
-          if (pair) _mm512_store_ps(o1 + 16 * v, acc1[v]);
-        }
-      }
-    }
-  }
-}
 
 // The mask word of columns [64 kb, 64 kb + 64) of a row (fewer bytes in a last, partial panel).
 inline uint64_t panel_mask(const uint8_t* mrow, int64_t kb, int64_t stride) {
@@ -117,32 +44,8 @@ inline uint64_t panel_mask(const uint8_t* mrow, int64_t kb, int64_t stride) {
   return m;
 }
 
-// Rows [b0, b1) of S (at most kBlock), plus U's rows against zt, into tile (rows x NV vectors).
-template <int NV, int kBf16, int kFb16>
-OATS_AVX512 void block(const SparseLayer& L, int64_t b0, int64_t b1, const float* xt, const float* zt, float* tile) {
-  constexpr int64_t kLd = 16 * NV;
-  const int64_t stride = (L.d_in + 7) / 8, panels = (L.d_in + kPanel - 1) / kPanel;
-  int64_t p[kBlock];
-  for (int64_t i = b0; i < b1; ++i) p[i - b0] = L.row_offsets[i];
-  for (int64_t kb = 0; kb < panels; ++kb) {
-    const float* xp = xt + kb * kPanel * kLd;
-    for (int64_t i = b0; i < b1; ++i) {
-      if (i + kAhead < b1) {  // a later row's partial sums, values and mask word, on their way
-        const char* o_next = reinterpret_cast<const char*>(tile + (i + kAhead - b0) * kLd);
-        for (int v = 0; v < NV; ++v) _mm_prefetch(o_next + 64 * v, _MM_HINT_T0);
-        const char* v_next = static_cast<const char*>(L.values) + p[i + kAhead - b0] * (kBf16 ? 2 : 4);
-        _mm_prefetch(v_next, _MM_HINT_T0);
-        _mm_prefetch(v_next + 64, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(L.bitmask + (i + kAhead) * stride + 8 * kb), _MM_HINT_T0);
-      }
-      float* o = tile + (i - b0) * kLd;
-      __m512 acc[NV];
-      for (int v = 0; v < NV; ++v) acc[v] = kb ? _mm512_load_ps(o + 16 * v) : _mm512_setzero_ps();
-      sparse_panel<NV, kBf16>(L.values, p[i - b0], panel_mask(L.bitmask + i * stride, kb, stride), xp, acc);
-      for (int v = 0; v < NV; ++v) _mm512_store_ps(o + 16 * v, acc[v]);
-    }
-  }
-  if (zt != nullptr) dense_rows<NV, kFb16>(L.U, b0, b1, L.r, zt, tile, true);  // + U Zt, into the same tile
+inline const void* dense_row_ptr(const void* a, int bf16, int64_t k, int64_t len) {
+  return static_cast<const char*>(a) + k * len * (bf16 ? 2 : 4);
 }
 
 // Reusable, 64-byte aligned scratch of at least n floats, in a buffer its thread keeps between calls.
@@ -165,8 +68,8 @@ OATS_AVX512 inline void x_block(const float* x, int64_t len, int64_t t0, int64_t
 
 // xt rows [j0, j1) (multiples of 16; ld = 16 NV floats per row, the tokens in order) = x[t0 .. t0 + nt)^T
 // for x (n x len row-major); zero past nt tokens and len rows.
-OATS_AVX512 void transpose_in(const float* x, int64_t len, int64_t t0, int64_t nt, int64_t ld, float* xt, int64_t j0,
-                              int64_t j1) {
+OATS_AVX512 void transpose_in_avx512(const float* x, int64_t len, int64_t t0, int64_t nt, int64_t ld, float* xt,
+                                     int64_t j0, int64_t j1) {
   for (int64_t j = j0; j < j1; j += 16)
     for (int64_t t = 0; t < ld; t += 16) {
       __m512 col[16];
@@ -177,8 +80,8 @@ OATS_AVX512 void transpose_in(const float* x, int64_t len, int64_t t0, int64_t n
 
 // Rows [b0, b0 + rows) of a block's results (tile: rows x ld floats, a row's tokens in order) into y (tokens
 // t0 .. t0 + nt, d_out floats per token), written or added: 16 x 16 blocks transposed.
-OATS_AVX512 void write_out(const float* tile, int64_t rows, int64_t ld, int64_t nt, float* y, int64_t t0, int64_t b0,
-                           int64_t d_out, int accumulate) {
+OATS_AVX512 void write_out_avx512(const float* tile, int64_t rows, int64_t ld, int64_t nt, float* y, int64_t t0,
+                                  int64_t b0, int64_t d_out, int accumulate) {
   for (int64_t i = 0; i < rows; i += 16) {
     const __mmask16 k = i + 16 <= rows ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (rows - i)) - 1);
     for (int64_t t = 0; t < nt; t += 16) {
@@ -193,46 +96,72 @@ OATS_AVX512 void write_out(const float* tile, int64_t rows, int64_t ld, int64_t 
   }
 }
 
-template <int NV, int kBf16, int kFb16>
-void chunk(const SparseLayer& L, const float* x, int64_t t0, int64_t nt, float* y, int accumulate, float* xt, float* zt,
-           int nthreads) {
-  constexpr int64_t kLd = 16 * NV;
-  const bool factors = L.r > 0 && L.U != nullptr && L.V != nullptr;
-  const int64_t d_in_pad = (L.d_in + kPanel - 1) / kPanel * kPanel;
-#pragma omp parallel num_threads(nthreads)
-  {
-    const int T = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t units = d_in_pad / 16;  // column blocks of 16, split over the threads
-    transpose_in(x, L.d_in, t0, nt, kLd, xt, 16 * (units * t / T), 16 * (units * (t + 1) / T));
-#pragma omp barrier
-    if (factors) {  // Zt = V Xt, V's rows split over the threads (in pairs)
-      const int64_t pairs = (L.r + 1) / 2, k0 = 2 * (pairs * t / T), k1 = std::min(L.r, 2 * (pairs * (t + 1) / T));
-      if (k0 < k1) dense_rows<NV, kFb16>(L.V, k0, k1, L.d_in, xt, zt + k0 * kLd, false);
-#pragma omp barrier
-    }
-    static thread_local std::vector<float> tile_buf;  // each pool thread keeps its own
-    float* tile = scratch(tile_buf, kBlock * kLd);
-    const int64_t i0 = first_row(L, t, T), i1 = first_row(L, t + 1, T);
-    for (int64_t b0 = i0; b0 < i1; b0 += kBlock) {
-      const int64_t b1 = std::min(b0 + kBlock, i1);
-      block<NV, kBf16, kFb16>(L, b0, b1, xt, factors ? zt : nullptr, tile);
-      write_out(tile, b1 - b0, kLd, nt, y, t0, b0, L.d_out, accumulate);
-    }
+// The same two without vectors (the AVX2 walk's; any row range).
+void transpose_in_scalar(const float* x, int64_t len, int64_t t0, int64_t nt, int64_t ld, float* xt, int64_t j0,
+                         int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    float* row = xt + j * ld;
+    for (int64_t t = 0; t < ld; ++t) row[t] = j < len && t < nt ? x[(t0 + t) * len + j] : 0.0f;
   }
 }
 
-template <int NV>
-void chunk_any(const SparseLayer& L, const float* x, int64_t t0, int64_t nt, float* y, int accumulate, float* xt,
-               float* zt, int nthreads) {
-  const int fb = L.factors_bf16 && L.r > 0;
-  if (L.bf16)
-    fb ? chunk<NV, 1, 1>(L, x, t0, nt, y, accumulate, xt, zt, nthreads)
-       : chunk<NV, 1, 0>(L, x, t0, nt, y, accumulate, xt, zt, nthreads);
-  else
-    fb ? chunk<NV, 0, 1>(L, x, t0, nt, y, accumulate, xt, zt, nthreads)
-       : chunk<NV, 0, 0>(L, x, t0, nt, y, accumulate, xt, zt, nthreads);
+void write_out_scalar(const float* tile, int64_t rows, int64_t ld, int64_t nt, float* y, int64_t t0, int64_t b0,
+                      int64_t d_out, int accumulate) {
+  for (int64_t t = 0; t < nt; ++t) {
+    float* out = y + (t0 + t) * d_out + b0;
+    for (int64_t i = 0; i < rows; ++i) out[i] = accumulate ? out[i] + tile[i * ld + t] : tile[i * ld + t];
+  }
 }
 
+// ---------------------------------------------------------------- the fp32 walk, once per instruction set
+// prefill_walk.h holds the walk (sparse panels, dense rows, blocks, chunks); each namespace below compiles
+// it for its vector type: 16 fp32 lanes (AVX-512) or 8 (AVX2: 16 registers, so the dense rows go one at a
+// time, their panel rows read by the FMAs instead of held for a second row).
+namespace avx512 {
+struct Vec {
+  using reg = __m512;
+  static constexpr int kLanes = 16;
+  static constexpr bool kRowPairs = true;
+  OATS_AVX512 static reg zero() { return _mm512_setzero_ps(); }
+  OATS_AVX512 static reg load(const float* p) { return _mm512_load_ps(p); }
+  OATS_AVX512 static void store(float* p, reg v) { _mm512_store_ps(p, v); }
+  OATS_AVX512 static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  template <int kBf16>
+  OATS_AVX512 static reg broadcast(const void* values, int64_t p) {
+    if (!kBf16) return _mm512_set1_ps(static_cast<const float*>(values)[p]);
+    const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(values)[p]) << 16;
+    return _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(bits)));
+  }
+  static constexpr auto transpose_in = transpose_in_avx512;  // column blocks of 16
+  static constexpr auto write_out = write_out_avx512;
+};
+#define OATS_WALK OATS_AVX512
+#include "prefill_walk.h"
+#undef OATS_WALK
+}  // namespace avx512
+
+namespace avx2 {
+struct Vec {
+  using reg = __m256;
+  static constexpr int kLanes = 8;
+  static constexpr bool kRowPairs = false;
+  OATS_AVX2 static reg zero() { return _mm256_setzero_ps(); }
+  OATS_AVX2 static reg load(const float* p) { return _mm256_load_ps(p); }
+  OATS_AVX2 static void store(float* p, reg v) { _mm256_store_ps(p, v); }
+  OATS_AVX2 static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  template <int kBf16>
+  OATS_AVX2 static reg broadcast(const void* values, int64_t p) {
+    if (!kBf16) return _mm256_set1_ps(static_cast<const float*>(values)[p]);
+    const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(values)[p]) << 16;
+    return _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(bits)));
+  }
+  static constexpr auto transpose_in = transpose_in_scalar;
+  static constexpr auto write_out = write_out_scalar;
+};
+#define OATS_WALK OATS_AVX2
+#include "prefill_walk.h"
+#undef OATS_WALK
+}  // namespace avx2
 
 // ---------------------------------------------------------------- bf16 values and factors, vdpbf16ps
 // With bf16 values, bf16 factors and AVX512_BF16, S is walked two nonzeros at a time: vdpbf16ps multiplies
@@ -453,7 +382,7 @@ void chunk_pairs(const SparseLayer& L, const float* x, int64_t t0, int64_t nt, f
     for (int64_t b0 = i0; b0 < i1; b0 += kBlock) {
       const int64_t b1 = std::min(b0 + kBlock, i1);
       block_pairs<G>(L, b0, b1, xb, factors ? zb : nullptr, tile);
-      write_out(tile, b1 - b0, kLd, nt, y, t0, b0, L.d_out, accumulate);
+      write_out_avx512(tile, b1 - b0, kLd, nt, y, t0, b0, L.d_out, accumulate);
     }
   }
 }
@@ -480,23 +409,11 @@ void prefill_pairs(const SparseLayer& L, const float* x, int64_t n, float* y, in
 
 void prefill_avx512(const SparseLayer& L, int isa, const float* x, int64_t n, float* y, int accumulate, int nthreads) {
   if (isa >= kAvx512Bf16 && L.bf16 && (L.r == 0 || L.factors_bf16)) return prefill_pairs(L, x, n, y, accumulate, nthreads);
-  static thread_local std::vector<float> xt_buf, zt_buf;
-  const int64_t d_in_pad = (L.d_in + kPanel - 1) / kPanel * kPanel;
-  float* xt = scratch(xt_buf, d_in_pad * 16 * kMaxVectors);
-  float* zt = scratch(zt_buf, std::max<int64_t>(L.r, 1) * 16 * kMaxVectors);
-  for (int64_t t0 = 0; t0 < n; t0 += 16 * kMaxVectors) {
-    const int64_t nt = std::min<int64_t>(n - t0, 16 * kMaxVectors);
-    switch ((nt + 15) / 16) {
-      case 1: chunk_any<1>(L, x, t0, nt, y, accumulate, xt, zt, nthreads); break;
-      case 2: chunk_any<2>(L, x, t0, nt, y, accumulate, xt, zt, nthreads); break;
-      case 3: chunk_any<3>(L, x, t0, nt, y, accumulate, xt, zt, nthreads); break;
-      case 4: chunk_any<4>(L, x, t0, nt, y, accumulate, xt, zt, nthreads); break;
-      case 5: chunk_any<5>(L, x, t0, nt, y, accumulate, xt, zt, nthreads); break;
-      case 6: chunk_any<6>(L, x, t0, nt, y, accumulate, xt, zt, nthreads); break;
-      case 7: chunk_any<7>(L, x, t0, nt, y, accumulate, xt, zt, nthreads); break;
-      default: chunk_any<8>(L, x, t0, nt, y, accumulate, xt, zt, nthreads); break;
-    }
-  }
+  avx512::walk(L, x, n, y, accumulate, nthreads);
+}
+
+void prefill_avx2(const SparseLayer& L, const float* x, int64_t n, float* y, int accumulate, int nthreads) {
+  avx2::walk(L, x, n, y, accumulate, nthreads);
 }
 
 }  // namespace oats_native

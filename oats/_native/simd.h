@@ -253,7 +253,9 @@ float dense_dot_avx2(const void* a, int bf16, const float* x, int64_t len);
 void dense_one_token_avx512(const void* W, int bf16, int64_t d_out, int64_t d_in, const float* x, float* y,
                             int accumulate, int nthreads);
 
-// y (n x d_out) = x S^T (+ (x V^T) U^T), or y +=, for n tokens x (n x d_in) on AVX-512. prefill.cpp.
+// y (n x d_out) = x S^T (+ (x V^T) U^T), or y +=, for n tokens x (n x d_in) on AVX-512 (isa kAvx512 or
+// above) or AVX2 + FMA. prefill.cpp.
 void prefill_avx512(const SparseLayer& layer, int isa, const float* x, int64_t n, float* y, int accumulate, int nthreads);
+void prefill_avx2(const SparseLayer& layer, const float* x, int64_t n, float* y, int accumulate, int nthreads);
 
 }  // namespace oats_native

@@ -6,7 +6,7 @@ factors are fp32 or bf16 (fp32 accumulation either way).
 
 Per phase the module picks the fastest way to compute the layer, once per token-count bucket (powers of
 two), by timing them on the layer itself (``CHOOSE_ROUNDS`` interleaved rounds, each path judged by its
-fastest call): **spmm** (AVX-512 only: :func:`oats.native.bitmask_prefill`, S walked by its set bits
+fastest call): **spmm** (AVX-512 or AVX2: :func:`oats.native.bitmask_prefill`, S walked by its set bits
 against L1-sized panels of the transposed tokens, each nonzero broadcast into FMAs over up to 128 tokens,
 or with bf16 values and AVX512_BF16 two nonzeros per ``vdpbf16ps``, and the factors as dense rows, all in
 one native call: work proportional to the kept parameters, the compute-bound prefill), the **kernel** (reads each weight's bit and value once per group of 8 tokens;
@@ -122,7 +122,7 @@ class BitmaskLinear(_NativeModule):
 
     def _apply(self, x: torch.Tensor, path: str) -> torch.Tensor:
         """The whole product x S^T + (x V^T) U^T, (n, d_out) fp32, by ``path``."""
-        if path == "spmm" and native.available():  # S and the factors in one native call (AVX-512)
+        if path == "spmm" and native.available():  # S and the factors in one native call (AVX-512 or AVX2)
             y = native.bitmask_prefill(self.S.values, self.S.bitmask, self.S.row_offsets, self.in_features, x,
                                        self.V, self.U)
             if y is not None:
@@ -142,8 +142,8 @@ class BitmaskLinear(_NativeModule):
             return "kernel"
         b = _bucket(n)
         if b not in self.choices:
-            avx512 = native.ISAS[native.isa_in_use()] >= native.ISAS["avx512"]
-            paths = PATHS if avx512 else ("kernel", "tile-gemm")
+            simd = native.ISAS[native.isa_in_use()] >= native.ISAS["avx2"]  # the spmm kernel's paths
+            paths = PATHS if simd else ("kernel", "tile-gemm")
             for path in paths:
                 self._apply(x, path)  # warm
             seconds = dict.fromkeys(paths, float("inf"))
