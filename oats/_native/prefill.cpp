@@ -178,8 +178,9 @@ struct Vec {
 // take the next; 8 sums in flight reach 5 G of them per second per core here, 16 reach 7.7 G).
 // Measured on one 14336 x 4096 layer at 50% density, 128 tokens, 2 threads (AMD EPYC Zen 5): 18.6-19.0 ms,
 // against 19.7-19.9 ms for PyTorch's dense bf16 GEMM of the same shape and 32-35 ms for the fp32 FMA walk
-// above on the same bf16 values. Tried and not kept: 128-column panels (two mask words, 32 KB of tokens):
-// 1.3x slower.
+// above on the same bf16 values. Tried and not kept: 128 or 256-column panels (two or four mask words per
+// row between the loads and stores of its sums; 32 or 64 KB of tokens): 1.1-1.3x slower; blocks of 32 or 64
+// rows for the factors: slower; no prefetch of the partial sums: no faster.
 
 #define OATS_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,popcnt")))
 
