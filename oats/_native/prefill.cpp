@@ -48,10 +48,43 @@ inline const void* dense_row_ptr(const void* a, int bf16, int64_t k, int64_t len
   return static_cast<const char*>(a) + k * len * (bf16 ? 2 : 4);
 }
 
+// A later row of a block on its way to L1: its partial sums (sum_bytes of them), its next values (two
+// lines) and its mask word.
+inline void prefetch_row(const float* sums, int64_t sum_bytes, const void* values_at, const uint8_t* mask_at) {
+  const char* s = reinterpret_cast<const char*>(sums);
+  for (int64_t line = 0; line < sum_bytes; line += 64) _mm_prefetch(s + line, _MM_HINT_T0);
+  _mm_prefetch(static_cast<const char*>(values_at), _MM_HINT_T0);
+  _mm_prefetch(static_cast<const char*>(values_at) + 64, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(mask_at), _MM_HINT_T0);
+}
+
 // Reusable, 64-byte aligned scratch of at least n floats, in a buffer its thread keeps between calls.
 float* scratch(std::vector<float>& buf, int64_t n) {
   if (static_cast<int64_t>(buf.size()) < n + 16) buf.resize(n + 16);
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~static_cast<uintptr_t>(63));
+}
+
+// One chunk of tokens on the threads: in(t, T) lays the tokens out for the kernel, then, with factors,
+// zpass(t, T, k0, k1) computes rows [k0, k1) of Z = V X (V's rows split in pairs; called on every thread, so
+// it may hold a barrier); a barrier after each. Then each thread takes its rows of S (equal bytes) in blocks
+// of kBlock: rows(b0, b1, tile), tile being the thread's own scratch of kBlock x ld floats.
+template <class In, class ZPass, class Rows>
+void on_threads(const SparseLayer& L, int64_t ld, bool factors, int nthreads, In in, ZPass zpass, Rows rows) {
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int T = omp_get_num_threads(), t = omp_get_thread_num();
+    in(t, T);
+#pragma omp barrier
+    if (factors) {
+      const int64_t pairs = (L.r + 1) / 2, k0 = 2 * (pairs * t / T), k1 = std::min(L.r, 2 * (pairs * (t + 1) / T));
+      zpass(t, T, k0, k1);
+#pragma omp barrier
+    }
+    static thread_local std::vector<float> tile_buf;  // each pool thread keeps its own
+    float* tile = scratch(tile_buf, kBlock * ld);
+    const int64_t i0 = first_row(L, t, T), i1 = first_row(L, t + 1, T);
+    for (int64_t b0 = i0; b0 < i1; b0 += kBlock) rows(b0, std::min(b0 + kBlock, i1), tile);
+  }
 }
 
 // The 16 x 16 block of x (n x len, row-major) at tokens [t, t + 16) and columns [j, j + 16), transposed:
@@ -338,14 +371,9 @@ OATS_BF16 void block_pairs(const SparseLayer& L, int64_t b0, int64_t b1, const u
   for (int64_t kb = 0; kb < panels; ++kb) {
     const uint16_t* xp = xb + kb * kPairPanel * kLd;
     for (int64_t i = b0; i < b1; ++i) {
-      if (i + kAhead < b1) {  // a later row's partial sums, values and mask words, on their way
-        const char* o_next = reinterpret_cast<const char*>(tile + (i + kAhead - b0) * kLd);
-        for (int v = 0; v < 2 * G; ++v) _mm_prefetch(o_next + 64 * v, _MM_HINT_T0);
-        const char* v_next = reinterpret_cast<const char*>(values + p[i + kAhead - b0]);
-        _mm_prefetch(v_next, _MM_HINT_T0);
-        _mm_prefetch(v_next + 64, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(L.bitmask + (i + kAhead) * stride + 8 * kb), _MM_HINT_T0);
-      }
+      if (i + kAhead < b1)
+        prefetch_row(tile + (i + kAhead - b0) * kLd, kLd * 4, values + p[i + kAhead - b0],
+                     L.bitmask + (i + kAhead) * stride + 8 * kb);
       float* o = tile + (i - b0) * kLd;
       __m512 acc[2 * G];
       for (int v = 0; v < 2 * G; ++v) acc[v] = kb ? _mm512_load_ps(o + 16 * v) : _mm512_setzero_ps();
@@ -363,29 +391,21 @@ void chunk_pairs(const SparseLayer& L, const float* x, int64_t t0, int64_t nt, f
   const bool factors = L.r > 0 && L.U != nullptr && L.V != nullptr;
   const int64_t d_in_rows = (L.d_in + kPairPanel - 1) / kPairPanel * kPairPanel + 16;  // + a block of zero rows
   const int64_t r_pad = (L.r + kPanel - 1) / kPanel * kPanel;
-#pragma omp parallel num_threads(nthreads)
-  {
-    const int T = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t units = d_in_rows / 16;  // column blocks of 16, split over the threads
-    x_to_pairs(x, L.d_in, t0, nt, kLd, xb, 16 * (units * t / T), 16 * (units * (t + 1) / T));
+  on_threads(
+      L, kLd, factors, nthreads,
+      [&](int t, int T) {
+        const int64_t units = d_in_rows / 16;  // column blocks of 16, split over the threads
+        x_to_pairs(x, L.d_in, t0, nt, kLd, xb, 16 * (units * t / T), 16 * (units * (t + 1) / T));
+      },
+      [&](int t, int T, int64_t k0, int64_t k1) {  // fp32 sums, then Z in bf16
+        if (k0 < k1) dense_rows_pairs<G>(static_cast<const uint16_t*>(L.V), k0, k1, L.d_in, xb, zt + k0 * kLd, false);
 #pragma omp barrier
-    if (factors) {  // Zt = V Xt (fp32 sums, V's rows split over the threads in pairs), then Z in bf16
-      const int64_t pairs = (L.r + 1) / 2, k0 = 2 * (pairs * t / T), k1 = std::min(L.r, 2 * (pairs * (t + 1) / T));
-      if (k0 < k1)
-        dense_rows_pairs<G>(static_cast<const uint16_t*>(L.V), k0, k1, L.d_in, xb, zt + k0 * kLd, false);
-#pragma omp barrier
-      rows_to_pairs(zt, L.r, kLd, zb, r_pad * t / T, r_pad * (t + 1) / T);
-#pragma omp barrier
-    }
-    static thread_local std::vector<float> tile_buf;  // each pool thread keeps its own
-    float* tile = scratch(tile_buf, kBlock * kLd);
-    const int64_t i0 = first_row(L, t, T), i1 = first_row(L, t + 1, T);
-    for (int64_t b0 = i0; b0 < i1; b0 += kBlock) {
-      const int64_t b1 = std::min(b0 + kBlock, i1);
-      block_pairs<G>(L, b0, b1, xb, factors ? zb : nullptr, tile);
-      write_out_avx512(tile, b1 - b0, kLd, nt, y, t0, b0, L.d_out, accumulate);
-    }
-  }
+        rows_to_pairs(zt, L.r, kLd, zb, r_pad * t / T, r_pad * (t + 1) / T);
+      },
+      [&](int64_t b0, int64_t b1, float* tile) {
+        block_pairs<G>(L, b0, b1, xb, factors ? zb : nullptr, tile);
+        write_out_avx512(tile, b1 - b0, kLd, nt, y, t0, b0, L.d_out, accumulate);
+      });
 }
 
 void prefill_pairs(const SparseLayer& L, const float* x, int64_t n, float* y, int accumulate, int nthreads) {

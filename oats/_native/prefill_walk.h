@@ -84,14 +84,10 @@ OATS_WALK void block(const SparseLayer& L, int64_t b0, int64_t b1, const float* 
   for (int64_t kb = 0; kb < panels; ++kb) {
     const float* xp = xt + kb * kPanel * kLd;
     for (int64_t i = b0; i < b1; ++i) {
-      if (i + kAhead < b1) {  // a later row's partial sums, values and mask word, on their way
-        const char* o_next = reinterpret_cast<const char*>(tile + (i + kAhead - b0) * kLd);
-        for (int64_t line = 0; line < kLd * 4; line += 64) _mm_prefetch(o_next + line, _MM_HINT_T0);
-        const char* v_next = static_cast<const char*>(L.values) + p[i + kAhead - b0] * (kBf16 ? 2 : 4);
-        _mm_prefetch(v_next, _MM_HINT_T0);
-        _mm_prefetch(v_next + 64, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(L.bitmask + (i + kAhead) * stride + 8 * kb), _MM_HINT_T0);
-      }
+      if (i + kAhead < b1)
+        prefetch_row(tile + (i + kAhead - b0) * kLd, kLd * 4,
+                     static_cast<const char*>(L.values) + p[i + kAhead - b0] * (kBf16 ? 2 : 4),
+                     L.bitmask + (i + kAhead) * stride + 8 * kb);
       float* o = tile + (i - b0) * kLd;
       reg acc[NV];
       for (int v = 0; v < NV; ++v) acc[v] = kb ? Vec::load(o + Vec::kLanes * v) : Vec::zero();
@@ -108,26 +104,19 @@ void chunk(const SparseLayer& L, const float* x, int64_t t0, int64_t nt, float* 
   constexpr int64_t kLd = Vec::kLanes * NV;
   const bool factors = L.r > 0 && L.U != nullptr && L.V != nullptr;
   const int64_t d_in_pad = (L.d_in + kPanel - 1) / kPanel * kPanel;
-#pragma omp parallel num_threads(nthreads)
-  {
-    const int T = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t units = d_in_pad / 16;  // column blocks of 16, split over the threads
-    Vec::transpose_in(x, L.d_in, t0, nt, kLd, xt, 16 * (units * t / T), 16 * (units * (t + 1) / T));
-#pragma omp barrier
-    if (factors) {  // Zt = V Xt, V's rows split over the threads (in pairs)
-      const int64_t pairs = (L.r + 1) / 2, k0 = 2 * (pairs * t / T), k1 = std::min(L.r, 2 * (pairs * (t + 1) / T));
-      if (k0 < k1) dense_rows<NV, kFb16>(L.V, k0, k1, L.d_in, xt, zt + k0 * kLd, false);
-#pragma omp barrier
-    }
-    static thread_local std::vector<float> tile_buf;  // each pool thread keeps its own
-    float* tile = scratch(tile_buf, kBlock * kLd);
-    const int64_t i0 = first_row(L, t, T), i1 = first_row(L, t + 1, T);
-    for (int64_t b0 = i0; b0 < i1; b0 += kBlock) {
-      const int64_t b1 = std::min(b0 + kBlock, i1);
-      block<NV, kBf16, kFb16>(L, b0, b1, xt, factors ? zt : nullptr, tile);
-      Vec::write_out(tile, b1 - b0, kLd, nt, y, t0, b0, L.d_out, accumulate);
-    }
-  }
+  on_threads(
+      L, kLd, factors, nthreads,
+      [&](int t, int T) {
+        const int64_t units = d_in_pad / 16;  // column blocks of 16, split over the threads
+        Vec::transpose_in(x, L.d_in, t0, nt, kLd, xt, 16 * (units * t / T), 16 * (units * (t + 1) / T));
+      },
+      [&](int, int, int64_t k0, int64_t k1) {
+        if (k0 < k1) dense_rows<NV, kFb16>(L.V, k0, k1, L.d_in, xt, zt + k0 * kLd, false);
+      },
+      [&](int64_t b0, int64_t b1, float* tile) {
+        block<NV, kBf16, kFb16>(L, b0, b1, xt, factors ? zt : nullptr, tile);
+        Vec::write_out(tile, b1 - b0, kLd, nt, y, t0, b0, L.d_out, accumulate);
+      });
 }
 
 template <int NV>
