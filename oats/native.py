@@ -18,7 +18,8 @@ import torch
 __all__ = ["available", "status", "row_topk", "ISAS", "best_isa", "bitmask_matmul", "bitmask_lowrank_decode",
            "bitmask_prefill", "bitmask_to_dense", "dense_matmul"]
 
-ISAS = {"scalar": 1, "avx2": 2, "avx512": 3, "avx512vbmi2": 4, "avx512bf16": 5}  # the bitmask kernels' instruction-set paths
+# The bitmask kernels' instruction-set paths
+ISAS = {"scalar": 1, "avx2": 2, "avx512": 3, "avx512vbmi2": 4, "avx512bf16": 5}
 # (avx512vbmi2: AVX-512 with vpexpandw, which one-token products with bf16 values use; avx512bf16: that and
 # AVX512_BF16, whose vdpbf16ps the prefill of bf16 layers uses; each the same as the one below it otherwise)
 _ISA_NAMES = {code: name for name, code in ISAS.items()}

@@ -9,9 +9,10 @@ two), by timing them on the layer itself (``CHOOSE_ROUNDS`` interleaved rounds, 
 fastest call): **spmm** (AVX-512 or AVX2: :func:`oats.native.bitmask_prefill`, S walked by its set bits
 against L1-sized panels of the transposed tokens, each nonzero broadcast into FMAs over up to 128 tokens,
 or with bf16 values and AVX512_BF16 two nonzeros per ``vdpbf16ps``, and the factors as dense rows, all in
-one native call: work proportional to the kept parameters, the compute-bound prefill), the **kernel** (reads each weight's bit and value once per group of 8 tokens;
-factors through PyTorch) and **tile + GEMM** (expands a tile of rows to dense, fp32 or bf16 as the
-values, then a PyTorch GEMM over all tokens; factors through PyTorch). No dense copy of the weights is
+one native call: work proportional to the kept parameters, the compute-bound prefill), the **kernel**
+(reads each weight's bit and value once per group of 8 tokens; factors through PyTorch) and **tile +
+GEMM** (expands a tile of rows to dense, fp32 or bf16 as the values, then a PyTorch GEMM over all tokens;
+factors through PyTorch). No dense copy of the weights is
 kept: a tile is at most ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked. One token
 (decode) goes through the sparse and the low-rank parts in one native call
 (:func:`oats.native.bitmask_lowrank_decode`: z = V x, then each row's sparse sum plus U_i . z, on the
