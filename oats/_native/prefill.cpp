@@ -64,6 +64,13 @@ float* scratch(std::vector<float>& buf, int64_t n) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~static_cast<uintptr_t>(63));
 }
 
+// The calling thread's block of partial sums, at least n floats: one buffer per pool thread, shared by every
+// chunk and kernel (a thread_local inside on_threads was one per instantiation: 68 of them).
+float* thread_tile(int64_t n) {
+  static thread_local std::vector<float> buf;
+  return scratch(buf, n);
+}
+
 // One chunk of tokens on the threads: in(t, T) lays the tokens out for the kernel, then, with factors,
 // zpass(t, T, k0, k1) computes rows [k0, k1) of Z = V X (V's rows split in pairs; called on every thread, so
 // it may hold a barrier); a barrier after each. Then each thread takes its rows of S (equal bytes) in blocks
@@ -80,8 +87,7 @@ void on_threads(const SparseLayer& L, int64_t ld, bool factors, int nthreads, In
       zpass(t, T, k0, k1);
 #pragma omp barrier
     }
-    static thread_local std::vector<float> tile_buf;  // each pool thread keeps its own
-    float* tile = scratch(tile_buf, kBlock * ld);
+    float* tile = thread_tile(kBlock * ld);
     const int64_t i0 = first_row(L, t, T), i1 = first_row(L, t + 1, T);
     for (int64_t b0 = i0; b0 < i1; b0 += kBlock) rows(b0, std::min(b0 + kBlock, i1), tile);
   }
