@@ -41,6 +41,22 @@ def parse_tolerance(option: str, spec: str) -> tuple[str, Tolerance]:
     raise SystemExit(f"{option} {spec!r}: write METRIC=rel:X or METRIC=abs:X (X >= 0)")
 
 
+def read_runs(table: str, paths: list[Path], supersede: list[Path] = ()) -> pd.DataFrame:
+    """The per-run rows of ``paths``; the rows (methods) present in ``supersede`` files replace theirs."""
+    for path in [*paths, *supersede]:
+        if not path.is_file():
+            raise SystemExit(f"{path} not found: run `python reproduce/run.py table={table} repeat=machines` first")
+
+    def read(path: Path) -> pd.DataFrame:
+        return pd.read_csv(path, dtype={"col": str, "row": str}, comment="#")
+
+    runs = pd.concat([read(p) for p in paths], ignore_index=True)
+    if supersede:
+        fresh = pd.concat([read(p) for p in supersede], ignore_index=True)
+        runs = pd.concat([runs[~runs.row.isin(set(fresh.row))], fresh], ignore_index=True)
+    return runs
+
+
 def cell_stats(runs: pd.DataFrame) -> dict[tuple[str, str, str], tuple[float, Spread]]:
     """(mean, spread) of every cell of a per-run table (columns row, col, metric, value)."""
     out = {}
@@ -93,17 +109,7 @@ def main() -> None:
     args = p.parse_args()
     paths = [Path(p) for p in args.runs] or [REPO / "results" / "tables" / f"{args.table}-machines.runs.csv"]
     newer = [Path(p) for p in args.supersede]
-    for path in paths + newer:
-        if not path.is_file():
-            raise SystemExit(f"{path} not found: run `python reproduce/run.py table={args.table} repeat=machines` first")
-
-    def read(path: Path) -> pd.DataFrame:
-        return pd.read_csv(path, dtype={"col": str, "row": str}, comment="#")
-
-    runs = pd.concat([read(p) for p in paths], ignore_index=True)
-    if newer:
-        fresh = pd.concat([read(p) for p in newer], ignore_index=True)
-        runs = pd.concat([runs[~runs.row.isin(set(fresh.row))], fresh], ignore_index=True)
+    runs = read_runs(args.table, paths, newer)
     rule = Rule(args.k, dict(parse_tolerance("--floor", s) for s in args.floor),
                 dict(parse_tolerance("--max", s) for s in args.max))
     perturbations = sorted({str(r) if isinstance(r, str) else "(this machine's own)" for r in runs.rep})

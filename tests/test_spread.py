@@ -299,3 +299,31 @@ def test_record_expected_supersede_replaces_the_rows_of_a_changed_method(tmp_pat
     cells = {c["row"]: c for c in yaml.safe_load(text)["cells"]}
     assert cells["A"]["value"] == pytest.approx(10.01) and cells["A"]["spread"]["n"] == 3
     assert cells["B"]["value"] == pytest.approx(30.005) and cells["B"]["spread"]["n"] == 2
+
+
+def test_check_spread_by_cpu_holds_out_a_whole_machine(tmp_path):
+    """--by cpu: a reference recorded on one CPU's runtimes (tight: they agree) is rebuilt without the other
+    CPU, whose runs it fails; --supersede replaces a changed method's rows as record_expected.py does."""
+    cols = "row,col,rep,metric,value,stderr,run_id,cpu\n"
+    runs = tmp_path / "t-machines.runs.csv"
+    lines = [f"A,2:4,r{i},{PPL},{262.7 + 0.001 * i},,A{i},AMD\n" for i in range(3)]  # one CPU: the runtimes agree
+    lines += [f"A,2:4,x{i},{PPL},{245.2 + 0.001 * i},,A{i}x,Intel\n" for i in range(2)]  # the other: 7% away
+    lines += [f"B,2:4,r{i},{PPL},{500.0 + i},,B{i},AMD\n" for i in range(3)]  # an old method's rows...
+    lines += [f"B,2:4,x{i},{PPL},{600.0 + i},,B{i}x,Intel\n" for i in range(2)]  # (would fail by CPU)
+    runs.write_text(cols + "".join(lines))
+    fresh = tmp_path / "b-new.runs.csv"  # ... replaced by its re-run, identical on both CPUs
+    fresh.write_text(cols + "".join(f"B,2:4,{rep},{PPL},100.0,,B{rep}new,{cpu}\n"
+                                    for rep, cpu in (("r0", "AMD"), ("r1", "AMD"), ("x0", "Intel"))))
+    out = tmp_path / "expected"
+    out.mkdir()
+    rec = [sys.executable, str(REPO / "reproduce" / "record_expected.py"), "t", "--runs", str(runs), "--supersede",
+           str(fresh), "--k", "3", "--floor", f"{PPL}=rel:0.01", "--max", f"{PPL}=rel:0.5", "--out", str(out)]
+    assert subprocess.run(rec, cwd=REPO, capture_output=True, text=True).returncode == 0
+    check = [sys.executable, str(REPO / "reproduce" / "check_spread.py"), "t", "--runs", str(runs), "--supersede",
+             str(fresh), "--expected", str(out)]
+    by_rep = subprocess.run(check, cwd=REPO, capture_output=True, text=True)
+    assert by_rep.returncode == 0, by_rep.stdout + by_rep.stderr  # every runtime left out is covered by the others
+    by_cpu = subprocess.run(check + ["--by", "cpu"], cwd=REPO, capture_output=True, text=True)
+    assert by_cpu.returncode == 1, by_cpu.stdout + by_cpu.stderr
+    fails = [ln for ln in by_cpu.stdout.splitlines() if "leave-one-out fail" in ln]
+    assert len(fails) == 5 and all(ln.strip().startswith("leave-one-out fail: A|2:4") for ln in fails), by_cpu.stdout
