@@ -98,8 +98,8 @@ def picked_paths(layers: dict[str, list[CPULinear]]) -> list[str]:
     for label, mods in layers.items():
         counts: dict[int, Counter] = {}
         for m in mods:
-            for bucket, path in (m._bitmask.choices if m._bitmask is not None else {}).items():
-                counts.setdefault(bucket, Counter())[path] += 1
+            for bucket in (m._bitmask.choices if m._bitmask is not None else {}):
+                counts.setdefault(bucket, Counter())[m._bitmask.way(bucket)] += 1
         for bucket, c in sorted(counts.items()):
             notes.append(f"{label}, up to {bucket} tokens: " + ", ".join(f"{p} in {k} layers" for p, k in c.items()))
     return notes

@@ -286,7 +286,7 @@ def test_bitmask_linear_choice_is_not_fooled_by_one_slow_call(monkeypatch):
     cost = {"kernel": 3.0, "spmm": 1.0, "tile-gemm": 2.0}
     calls: list[str] = []
 
-    def fake_apply(self, x, path):
+    def fake_apply(self, x, path, tile_bytes=None):
         calls.append(path)
         # spmm's first timed call (after the warm-up round) is disturbed
         clock[0] += 10.0 if path == "spmm" and calls.count("spmm") == 2 else cost[path]
@@ -297,11 +297,48 @@ def test_bitmask_linear_choice_is_not_fooled_by_one_slow_call(monkeypatch):
     monkeypatch.setattr(engine.native, "best_isa", lambda: "avx512")
     layer = BitmaskLinear.from_dense_parts(sparse_matrix(8, 16, 0.5))
     layer(torch.randn(5, 16))
-    assert layer.choices == {8: "spmm"}
-    timing = 3 * (1 + engine.CHOOSE_ROUNDS)  # one warm-up round, then the timed rounds
+    assert layer.choices == {8: "spmm"} and layer.way(8) == "spmm"
+    ways = 2 + len(engine.TILE_SIZES)  # kernel, spmm, tile-gemm at each tile size
+    timing = ways * (1 + engine.CHOOSE_ROUNDS)  # one warm-up round, then the timed rounds
     assert calls[timing:] == ["spmm"]  # then the product itself
     layer(torch.randn(7, 16))  # the same bucket: chosen once
     assert calls[timing:] == ["spmm", "spmm"]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tile_gemm_tile_sizes_agree_and_share_one_scratch_buffer(monkeypatch, dtype):
+    """tile-gemm gives the same product at every tile size (16 rows, the smallest; 20, the last tile
+    short; the whole matrix), all layers expand into one shared buffer, and the choice records the tile
+    size it timed fastest."""
+    import oats.speed.bitmask_engine as engine
+
+    S = sparse_matrix(37, 40, 0.4)
+    layer = BitmaskLinear.from_dense_parts(S, dtype=dtype, path="tile-gemm")
+    x = torch.randn(6, 40)
+    ref = x.to(dtype).float() @ S.to(dtype).float().T
+    row_bytes = dtype.itemsize * 40
+    outs = [layer._sparse_tiled(x, tile_bytes) for tile_bytes in (16 * row_bytes, 20 * row_bytes, 64 << 20)]
+    for y in outs:
+        assert torch.allclose(y, ref, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-2)
+    buffer = engine._SCRATCH[dtype]
+    assert buffer.numel() >= 37 * 40  # grown to the largest tile asked for, then reused
+    other = BitmaskLinear.from_dense_parts(sparse_matrix(5, 40, 0.5), dtype=dtype, path="tile-gemm")
+    other(torch.randn(3, 40))
+    assert engine._SCRATCH[dtype] is buffer  # a smaller layer reuses it: no buffer per layer
+    clock = [0.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: clock[0])
+    fast = engine.TILE_SIZES[-1]
+
+    def fake_apply(self, x, path, tile_bytes=engine.TILE_BYTES):
+        clock[0] += 1.0 if (path, tile_bytes) == ("tile-gemm", fast) else 2.0
+        return torch.zeros(x.shape[0], self.out_features)
+
+    monkeypatch.setattr(engine.BitmaskLinear, "_apply", fake_apply)
+    auto = BitmaskLinear.from_dense_parts(S, dtype=dtype)
+    auto(torch.randn(5, 40))
+    assert auto.choices == {8: "tile-gemm"} and auto.tile_bytes == {8: fast}
+    assert auto.way(8) == f"tile-gemm ({fast >> 20} MiB tiles)" and "tile-gemm (" in auto.extra_repr()
 
 
 @needs_native

@@ -12,8 +12,10 @@ or with bf16 values and AVX512_BF16 two nonzeros per ``vdpbf16ps``, and the fact
 one native call: work proportional to the kept parameters, the compute-bound prefill), the **kernel**
 (reads each weight's bit and value once per group of 8 tokens; factors through PyTorch) and **tile +
 GEMM** (expands a tile of rows to dense, fp32 or bf16 as the values, then a PyTorch GEMM over all tokens;
-factors through PyTorch). No dense copy of the weights is
-kept: a tile is at most ``TILE_BYTES``. :attr:`BitmaskLinear.choices` says what it picked. One token
+factors through PyTorch), timed at each of ``TILE_SIZES``. No dense copy of the weights is kept: a tile
+is at most the largest of ``TILE_SIZES``, in one scratch buffer that every layer shares (layers run one
+after another). :attr:`BitmaskLinear.choices` says what it picked (:meth:`BitmaskLinear.way`: with the
+tile size). One token
 (decode) goes through the sparse and the low-rank parts in one native call
 (:func:`oats.native.bitmask_lowrank_decode`: z = V x, then each row's sparse sum plus U_i . z, on the
 kernels' own OpenMP threads). Handing the factors to numpy's OpenBLAS instead made OATS decode 3x slower:
@@ -29,10 +31,15 @@ from torch import nn
 from .. import native
 from ..sparse_format import BitmaskTensor
 
-# One expanded tile of rows. One 14336 x 4096 layer, bf16, 128 tokens, 2 threads (AMD EPYC Zen 5), against
-# PyTorch's dense bf16 GEMM of the whole layer: 2 MiB tiles 0.98x, 4 MiB 1.05-1.10x, 8 MiB 1.00-1.03x at
-# 30-60% density (the expansion streams its sources with software prefetch: 4.5 -> 2.2 ms per layer).
-TILE_BYTES = 4 << 20
+# One expanded tile of rows: the best size depends on the machine, so the layer times each of TILE_SIZES.
+# One 14336 x 4096 layer, bf16, 128 tokens, 2 threads, against PyTorch's dense bf16 GEMM of the whole
+# layer: on an AMD EPYC (Zen 5) 2 MiB tiles 0.98x, 4 MiB 1.05-1.10x, 8 MiB 1.00-1.03x at 30-60% density
+# (the expansion streams its sources with software prefetch: 4.5 -> 2.2 ms per layer); on an Intel Xeon
+# with AMX (oneDNN's bf16 GEMM on AMX, whose cost per call is amortised over larger tiles), at 50%:
+# 2 MiB 0.43x, 4 MiB 0.56x, 8 MiB 0.66x, 16 MiB 0.83x, 32 MiB 0.86x (and 4096 x 14336: 0.45x at 4 MiB,
+# 0.66x at 16 MiB). TILE_BYTES is the size a forced ``path="tile-gemm"`` uses.
+TILE_SIZES = (4 << 20, 16 << 20)
+TILE_BYTES = TILE_SIZES[0]
 PATHS = ("kernel", "spmm", "tile-gemm")
 # Timed rounds per choice, the paths interleaved within each and each judged by its fastest call: on a
 # shared machine one call per path (as before) picked differently between layers of the same shape.
@@ -41,6 +48,17 @@ CHOOSE_ROUNDS = 3
 
 def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+_SCRATCH: dict[torch.dtype, torch.Tensor] = {}  # the expanded tiles of every layer, one buffer per dtype
+
+
+def _scratch(rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """A (rows, cols) tile in the shared scratch buffer (grown when a layer needs more)."""
+    buf = _SCRATCH.get(dtype)
+    if buf is None or buf.numel() < rows * cols:
+        buf = _SCRATCH[dtype] = torch.empty(rows * cols, dtype=dtype)
+    return buf[: rows * cols].view(rows, cols)
 
 
 class _NativeModule(nn.Module):
@@ -84,7 +102,7 @@ class BitmaskLinear(_NativeModule):
         self.bias = None if bias is None else bias.detach().float()
         self.path = path
         self.choices: dict[int, str] = {}
-        self._tile: torch.Tensor | None = None
+        self.tile_bytes: dict[int, int] = {}  # bucket -> the tile size picked with tile-gemm
 
     @classmethod
     def from_dense_parts(cls, sparse: torch.Tensor, U: torch.Tensor | None = None, V: torch.Tensor | None = None,
@@ -101,19 +119,18 @@ class BitmaskLinear(_NativeModule):
         lowrank = 0 if self.V is None else (self.V.numel() + self.U.numel()) * self.V.element_size()
         return self.S.nbytes + lowrank
 
-    def _sparse_tiled(self, x: torch.Tensor) -> torch.Tensor:
+    def _sparse_tiled(self, x: torch.Tensor, tile_bytes: int = TILE_BYTES) -> torch.Tensor:
         """x S^T by tiles of rows expanded to dense (fp32, or bf16 for bf16 values: then x is rounded to bf16
-        as a bf16 GEMM does) and a PyTorch GEMM; at most TILE_BYTES of S dense at a time."""
+        as a bf16 GEMM does) and a PyTorch GEMM; at most ``tile_bytes`` of S dense at a time."""
         d_out, d_in = self.S.shape
         dt = self.S.values.dtype
-        rows = max(16, TILE_BYTES // (dt.itemsize * d_in))
-        if self._tile is None or self._tile.shape[0] != min(rows, d_out) or self._tile.dtype != dt:
-            self._tile = torch.empty(min(rows, d_out), d_in, dtype=dt)
+        rows = min(d_out, max(16, tile_bytes // (dt.itemsize * d_in)))
+        scratch = _scratch(rows, d_in, dt)
         yt = torch.empty(d_out, x.shape[0])
         xt = x.t().to(dt)
         for r0 in range(0, d_out, rows):
             r1 = min(d_out, r0 + rows)
-            tile = self._tile[: r1 - r0]
+            tile = scratch[: r1 - r0]
             native.bitmask_to_dense(self.S.values, self.S.bitmask, self.S.row_offsets, d_in, (r0, r1), tile)
             if dt == torch.float32:
                 torch.mm(tile, xt, out=yt[r0:r1])
@@ -121,40 +138,49 @@ class BitmaskLinear(_NativeModule):
                 yt[r0:r1] = torch.mm(tile, xt)
         return yt.t()
 
-    def _apply(self, x: torch.Tensor, path: str) -> torch.Tensor:
-        """The whole product x S^T + (x V^T) U^T, (n, d_out) fp32, by ``path``."""
+    def _apply(self, x: torch.Tensor, path: str, tile_bytes: int = TILE_BYTES) -> torch.Tensor:
+        """The whole product x S^T + (x V^T) U^T, (n, d_out) fp32, by ``path`` (tile-gemm: tiles of
+        ``tile_bytes``)."""
         if path == "spmm" and native.available():  # S and the factors in one native call (AVX-512 or AVX2)
             y = native.bitmask_prefill(self.S.values, self.S.bitmask, self.S.row_offsets, self.in_features, x,
                                        self.V, self.U)
             if y is not None:
                 return y
             path = "tile-gemm"
-        y = self.S.matmul(x) if path == "kernel" or not native.available() else self._sparse_tiled(x)
+        y = (self.S.matmul(x) if path == "kernel" or not native.available()
+             else self._sparse_tiled(x, tile_bytes))
         if self.V is not None:
             low = (x.to(self.V.dtype) @ self.V.t()) @ self.U.t()
             y = y.add_(low) if y.is_contiguous() else y + low
         return y
 
-    def _choose(self, x: torch.Tensor) -> str:
+    def _choose(self, x: torch.Tensor) -> tuple[str, int]:
+        """(path, tile bytes) for x's token bucket: forced, or the fastest way timed on x."""
         if self.path is not None:
-            return self.path
+            return self.path, TILE_BYTES
         n = x.shape[0]
         if n == 1 or not native.available():
-            return "kernel"
+            return "kernel", TILE_BYTES
         b = _bucket(n)
         if b not in self.choices:
             simd = native.ISAS[native.isa_in_use()] >= native.ISAS["avx2"]  # the spmm kernel's paths
-            paths = PATHS if simd else ("kernel", "tile-gemm")
-            for path in paths:
-                self._apply(x, path)  # warm
-            seconds = dict.fromkeys(paths, float("inf"))
-            for _ in range(CHOOSE_ROUNDS):  # paths interleaved, each judged by its fastest call
-                for path in paths:
+            ways = [("kernel", TILE_BYTES)] + ([("spmm", TILE_BYTES)] if simd else [])
+            ways += [("tile-gemm", tb) for tb in TILE_SIZES]
+            for way in ways:
+                self._apply(x, *way)  # warm
+            seconds = dict.fromkeys(ways, float("inf"))
+            for _ in range(CHOOSE_ROUNDS):  # ways interleaved, each judged by its fastest call
+                for way in ways:
                     t = time.perf_counter()
-                    self._apply(x, path)
-                    seconds[path] = min(seconds[path], time.perf_counter() - t)
-            self.choices[b] = min(seconds, key=seconds.get)
-        return self.choices[b]
+                    self._apply(x, *way)
+                    seconds[way] = min(seconds[way], time.perf_counter() - t)
+            self.choices[b], self.tile_bytes[b] = min(seconds, key=seconds.get)
+        return self.choices[b], self.tile_bytes[b]
+
+    def way(self, bucket: int) -> str:
+        """What the layer picked for ``bucket`` tokens, in words (tile-gemm with its tile size)."""
+        path = self.choices[bucket]
+        return f"{path} ({self.tile_bytes[bucket] >> 20} MiB tiles)" if path == "tile-gemm" else path
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d_in) -> (n, d_out) fp32, bias excluded."""
@@ -165,10 +191,10 @@ class BitmaskLinear(_NativeModule):
                                                      self.in_features, x[0], self.V, self.U)
                 return y.unsqueeze(0)
             return self._apply(x, "kernel")
-        return self._apply(x, self._choose(x))
+        return self._apply(x, *self._choose(x))
 
     def extra_repr(self) -> str:
-        picked = ", ".join(f"n<={b}: {p}" for b, p in sorted(self.choices.items()))
+        picked = ", ".join(f"n<={b}: {self.way(b)}" for b in sorted(self.choices))
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, values={self.S.values.dtype}, "
                 f"density={self.S.nnz / max(1, self.out_features * self.in_features):.3f}"
                 + (f", picked [{picked}]" if picked else ""))
