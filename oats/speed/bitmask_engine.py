@@ -36,8 +36,9 @@ from ..sparse_format import BitmaskTensor
 # layer: on an AMD EPYC (Zen 5) 2 MiB tiles 0.98x, 4 MiB 1.05-1.10x, 8 MiB 1.00-1.03x at 30-60% density
 # (the expansion streams its sources with software prefetch: 4.5 -> 2.2 ms per layer); on an Intel Xeon
 # with AMX (oneDNN's bf16 GEMM on AMX, whose cost per call is amortised over larger tiles), at 50%:
-# 2 MiB 0.43x, 4 MiB 0.56x, 8 MiB 0.66x, 16 MiB 0.83x, 32 MiB 0.86x (and 4096 x 14336: 0.45x at 4 MiB,
-# 0.66x at 16 MiB). TILE_BYTES is the size a forced ``path="tile-gemm"`` uses.
+# 2 MiB 0.45x, 4 MiB 0.57x, 8 MiB 0.65x, 16 MiB 0.80x, 32 MiB 0.84x (and 4096 x 14336: 0.27x at 4 MiB,
+# 0.59x at 16 MiB; reproduce/bench_tiles.py, results/speed/intel_xeon_amx/tile_sizes.txt). TILE_BYTES is
+# the size a forced ``path="tile-gemm"`` uses.
 TILE_SIZES = (4 << 20, 16 << 20)
 TILE_BYTES = TILE_SIZES[0]
 PATHS = ("kernel", "spmm", "tile-gemm")
