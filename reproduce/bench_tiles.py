@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     dt = getattr(torch, args.dtype)
-    print(f"CPU: {cpu_model()}, ISA path {native.isa_in_use()}; {args.threads} threads; {args.dtype}; {args.tokens} tokens; best of 5 calls")
+    print(f"CPU: {cpu_model()}, ISA path {native.isa_in_use()}; {args.threads} threads; {args.dtype}; "
+          f"{args.tokens} tokens; best of 5 calls")
     g = torch.Generator().manual_seed(0)
     for density in args.density:
         for d_out, d_in in ((14336, 4096), (4096, 14336)):

@@ -12,8 +12,9 @@ perturbation (pass / fail / unstable cells and the failing cells) and exits 1 if
 the other machines have passed this one? ``--supersede`` as in record_expected.py (rows re-run after
 their method changed replace theirs), so that both scripts read the same runs.
 
-    python reproduce/check_spread.py smollm2_ci --by cpu --runs results/tables/smollm2_ci-machines.runs.csv \
-        --runs results/spread/smollm2_ci-intel-xeon.runs.csv --supersede results/spread/smollm2_ci-oats-onestep.runs.csv
+    python reproduce/check_spread.py smollm2_ci --by cpu --runs results/tables/smollm2_ci-machines.runs.csv \\
+        --runs results/spread/smollm2_ci-intel-xeon.runs.csv --runs results/spread/smollm2_ci-intel-xeon-amx.runs.csv \\
+        --supersede results/spread/smollm2_ci-oats-onestep.runs.csv
 """
 from __future__ import annotations
 
